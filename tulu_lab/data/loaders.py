@@ -176,8 +176,8 @@ def _read_hf(dataset_id: str, config: str | None, split: str | None, limit: int 
     except Exception as exc:  # offline, unknown id, gated, bad split: all mean "not available here"
         raise DataSourceNotFoundError(
             f"Could not load {what}: {dataset_id!r} is not an existing local path, and loading the "
-            f"{described} failed ({type(exc).__name__}: {exc}). Without network access, pass a local "
-            f"file instead: {local_hint}"
+            f"{described} failed ({type(exc).__name__}: {exc}). Without network access, pass the path of "
+            f"a local file instead. Expected format: {local_hint}"
         ) from exc
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
@@ -197,7 +197,8 @@ def _rows(source: str | os.PathLike, *, split: str | None, config: str | None, l
     if path.is_file():
         rows = _read_file(path)
     elif str(source).lower().endswith(LOCAL_SUFFIXES) or isinstance(source, Path):
-        raise DataSourceNotFoundError(f"Could not load {what}: no such file {str(source)!r}. {local_hint}")
+        raise DataSourceNotFoundError(f"Could not load {what}: no such file {str(source)!r}. "
+                                      f"Expected format: {local_hint}")
     else:
         rows = _read_hf(str(source), config, split, limit, what, local_hint)
     for count, row in enumerate(rows):
