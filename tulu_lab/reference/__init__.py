@@ -12,7 +12,8 @@ Tidy ("long") views for plotting:
 - ``long_table(name)``: benchmark, setting, model, value for the results tables.
 - ``table4_long()``: Table 4 (405B comparison) in that shape.
 - ``tulu3_stage_scores(version)``: Tülu 3 SFT -> DPO -> RLVR checkpoints at each scale, one version only.
-- ``average_mismatches(name)``: averaged rows whose printed value differs from the mean of their cells.
+- ``average_mismatches(name)`` / ``check_averages(wide, rows)``: averaged rows whose printed value
+  differs from the mean of their cells.
 """
 
 from __future__ import annotations
@@ -306,27 +307,27 @@ def tulu3_stage_scores(version: str = "v5") -> pd.DataFrame:
     return df
 
 
-def average_mismatches(name: str, tolerance: float = 0.05) -> pd.DataFrame:
-    """Averaged rows whose printed value differs from the mean of the printed cells by > tolerance.
+def check_averages(
+    wide: pd.DataFrame,
+    averaged_rows: dict[str, tuple[str, ...] | None],
+    tolerance: float = 0.05,
+) -> pd.DataFrame:
+    """Compare printed average rows of a wide table (rows indexed by label) with their cells' mean.
 
-    Returns columns row, model, printed, recomputed, difference (empty when all agree).
+    ``averaged_rows`` maps an average row's label to the rows it averages: None for every
+    non-average row, or ("~X", ...) for every non-average row except X. Only numeric columns are
+    checked. Returns columns row, model, printed, recomputed, difference for rows off by more than
+    ``tolerance`` (empty when all agree).
     """
-    if name not in _AVERAGED_ROWS:
-        raise KeyError(f"no averaged rows known for {name!r}; tables with averages: {', '.join(_AVERAGED_ROWS)}")
-    wide = paper_table(name)
-    label = _TABLES[name].label_column
-    wide = wide.set_index(label)
+    missing = [row for row in averaged_rows if row not in wide.index]
+    if missing:
+        raise KeyError(f"average rows {missing} not in the table's rows {list(wide.index)}")
     numeric = wide.select_dtypes("number")
-    average_rows = _AVERAGED_ROWS[name]
-    cells = numeric.drop(index=list(average_rows))
+    cells = numeric.drop(index=list(averaged_rows))
     found = []
-    for row, members in average_rows.items():
-        if members is None:
-            part = cells
-        else:  # "~X" means every cell row except X
-            excluded = [member[1:] for member in members if member.startswith("~")]
-            part = cells.drop(index=excluded)
-        recomputed = part.mean()
+    for row, members in averaged_rows.items():
+        excluded = [member[1:] for member in (members or ()) if member.startswith("~")]
+        recomputed = cells.drop(index=excluded).mean()
         for model in numeric.columns:
             printed = float(numeric.loc[row, model])
             difference = printed - float(recomputed[model])
@@ -338,7 +339,22 @@ def average_mismatches(name: str, tolerance: float = 0.05) -> pd.DataFrame:
     return pd.DataFrame(found, columns=["row", "model", "printed", "recomputed", "difference"])
 
 
+def averaged_rows(name: str) -> dict[str, tuple[str, ...] | None]:
+    """The average rows of a results table and what each averages (see :func:`check_averages`)."""
+    if name not in _AVERAGED_ROWS:
+        raise KeyError(f"no averaged rows known for {name!r}; tables with averages: {', '.join(_AVERAGED_ROWS)}")
+    return dict(_AVERAGED_ROWS[name])
+
+
+def average_mismatches(name: str, tolerance: float = 0.05) -> pd.DataFrame:
+    """Averaged rows of a packaged table whose printed value differs from the mean of its cells."""
+    rows = averaged_rows(name)
+    wide = paper_table(name).set_index(_TABLES[name].label_column)
+    return check_averages(wide, rows, tolerance)
+
+
 __all__ = [
-    "FLAGS", "SOURCES", "available_tables", "average_mismatches", "citation", "long_table",
+    "FLAGS", "SOURCES", "available_tables", "average_mismatches", "averaged_rows", "check_averages",
+    "citation", "long_table",
     "paper_figures", "paper_table", "table4_long", "tulu3_stage_scores",
 ]
