@@ -1,0 +1,208 @@
+"""Batched sampling with a KV cache, returning text, token ids, per-token log-probs and stop status.
+
+One decode loop serves evaluation (greedy), the prompt probe and RLVR rollouts (temperature sampling,
+k samples per prompt). What it does that ``model.generate`` does not:
+
+* returns the log-prob of every sampled token under ``softmax(logits / temperature)``, the quantity
+  the RL losses need (greedy decoding reports plain ``log_softmax(logits)``);
+* prefills each distinct prompt once and copies its KV cache for the k samples (``num_samples``);
+* drops finished rows from the batch as it goes, so a few long answers do not keep paying for the
+  rest of the batch;
+* sorts prompts by length before batching (less left padding) and returns results in input order.
+
+Prompts are either already-rendered strings or message lists, rendered with the tokenizer's chat
+template (``tulu_lab.chat.install_tulu_template`` sets the Tülu one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class Generation:
+    """One sampled response."""
+    prompt: str
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    stopped: bool                      # ended on an EOS token
+    finish_reason: str = "length"      # "eos" | "stop" (a stop string) | "length"
+    prompt_index: int = 0              # which prompt of the call it answers
+    extra: dict = field(default_factory=dict)
+
+
+def format_prompt(prompt, tokenizer) -> str:
+    """A message list rendered with the tokenizer's chat template (generation prompt added); strings pass."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("prompt is a message list but the tokenizer has no chat template; "
+                         "install one with tulu_lab.chat.install_tulu_template(tokenizer)")
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS plus the model's generation_config EOS ids."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update(int(i) for i in ([gen_eos] if isinstance(gen_eos, int) else gen_eos))
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model defines an EOS token")
+    return sorted(ids)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
+    """Pick one token per row; returns (tokens, log-probs under softmax(logits / T)).
+
+    Greedy when temperature == 0. Top-p filtering shapes the sampling distribution only: the log-prob
+    reported is that of the untruncated tempered distribution, which is what the policy assigns.
+    """
+    logits = logits.float()
+    if temperature == 0:
+        tokens = logits.argmax(dim=-1)
+        logprobs = torch.log_softmax(logits, dim=-1)
+    else:
+        logprobs = torch.log_softmax(logits / temperature, dim=-1)
+        probs = logprobs.exp()
+        if top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest nucleus
+            sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.inference_mode()
+def _generate_batch(model, tokenizer, texts: list[str], *, repeats: int, max_new_tokens: int,
+                    temperature: float, top_p: float, generator, eos_ids: list[int],
+                    stop: Sequence[str] | None, compact_every: int = 8):
+    """Decode one batch of distinct prompts, ``repeats`` samples each. Returns rows in prompt-major order."""
+    device = next(model.parameters()).device
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    if tokenizer.padding_side != "left":
+        raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache, logits = out.cache, out.logits[:, -1, :]
+    if repeats > 1:  # one prefill per prompt, the cache copied for its samples
+        cache.batch_repeat_interleave(repeats)
+        logits = logits.repeat_interleave(repeats, dim=0)
+        mask = mask.repeat_interleave(repeats, dim=0)
+        positions = positions.repeat_interleave(repeats, dim=0)
+
+    n = logits.shape[0]
+    eos = torch.tensor(eos_ids, device=device)
+    tokens_out = [[] for _ in range(n)]
+    logprobs_out = [[] for _ in range(n)]
+    finish = ["length"] * n
+    active = torch.arange(n, device=device)        # original row of each row still in the batch
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    next_pos = positions[:, -1:] + 1
+    for step in range(max_new_tokens):
+        tokens, logprobs = sample_next(logits, temperature, top_p, generator)
+        is_eos = torch.isin(tokens, eos)
+        for i, (row, tok, lp, ended) in enumerate(zip(active.tolist(), tokens.tolist(), logprobs.tolist(),
+                                                       is_eos.tolist())):
+            if not alive[i]:
+                continue  # finished earlier, still in the batch until the next compaction
+            tokens_out[row].append(tok)
+            logprobs_out[row].append(lp)
+            if ended:
+                finish[row] = "eos"
+            elif stop and any(s in tokenizer.decode(tokens_out[row][-24:]) for s in stop):
+                finish[row] = "stop"
+            if finish[row] != "length":
+                alive[i] = False
+        if not bool(alive.any()) or step == max_new_tokens - 1:
+            break
+        # Drop finished rows every few steps: fewer rows to decode, at the price of a cache copy.
+        n_alive = int(alive.sum())
+        if n_alive < len(alive) and (step % compact_every == 0 or n_alive <= len(alive) // 2):
+            index = alive.nonzero().squeeze(-1)
+            cache.batch_select_indices(index)
+            active, tokens, mask, next_pos, alive = (active[index], tokens[index], mask[index],
+                                                     next_pos[index], alive[index])
+        tokens = torch.where(alive, tokens, torch.full_like(tokens, tokenizer.pad_token_id))
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
+                    cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    return tokens_out, logprobs_out, finish
+
+
+def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, temperature: float = 0.0,
+             top_p: float = 1.0, num_samples: int = 1, seed: int | None = 0, batch_size: int = 16,
+             stop: Sequence[str] | None = None, progress: bool | None = None) -> list[Generation]:
+    """Sample responses for ``prompts`` (strings or message lists).
+
+    Args:
+        max_new_tokens: generation budget per response.
+        temperature: 0 for greedy decoding, else sampling temperature.
+        top_p: nucleus sampling threshold (1.0 = off).
+        num_samples: responses per prompt (GRPO's k); results are grouped by prompt.
+        seed: seeds a private torch.Generator, so results do not depend on global RNG state.
+        batch_size: rows decoded together (prompts x samples).
+        stop: strings that end a response early (finish_reason "stop"); the text is cut before them.
+        progress: show a tqdm bar (default: when there is more than one batch).
+
+    Returns:
+        ``len(prompts) * num_samples`` Generations, prompt-major, in input order.
+    """
+    from tqdm.auto import tqdm
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad token; load it with tulu_lab.models.load_tokenizer")
+    texts = [format_prompt(p, tokenizer) for p in prompts]
+    eos_ids = eos_token_ids(model, tokenizer)
+    generator = None if seed is None else torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+    # Longest first: similar lengths share a batch, and the slowest batch shows up in the bar early.
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    prompts_per_batch = max(1, batch_size // num_samples)
+    batches = [order[i:i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
+    show = progress if progress is not None else len(batches) > 1
+    results: list[Generation | None] = [None] * (len(texts) * num_samples)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc="generating", disable=not show, unit="batch"):
+            toks, lps, finish = _generate_batch(
+                model, tokenizer, [texts[i] for i in batch], repeats=num_samples,
+                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                generator=generator, eos_ids=eos_ids, stop=stop)
+            for j, prompt_index in enumerate(batch):
+                for s in range(num_samples):
+                    row = j * num_samples + s
+                    results[prompt_index * num_samples + s] = _make_generation(
+                        tokenizer, texts[prompt_index], prompt_index, toks[row], lps[row], finish[row],
+                        eos_ids, stop)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _make_generation(tokenizer, prompt, prompt_index, token_ids, logprobs, finish, eos_ids, stop):
+    body = token_ids[:-1] if finish == "eos" else token_ids
+    text = tokenizer.decode(body, skip_special_tokens=False)
+    if finish == "stop" and stop:
+        cut = min((text.find(s) for s in stop if s in text), default=len(text))
+        text = text[:cut]
+    return Generation(prompt=prompt, text=text, token_ids=token_ids, logprobs=logprobs,
+                      stopped=finish == "eos", finish_reason=finish, prompt_index=prompt_index)
