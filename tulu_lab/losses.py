@@ -344,7 +344,9 @@ def per_token_rewards(
     """
     _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
     if score.shape != logprobs.shape[:1]:
-        raise ValueError(f"per_token_rewards: score must be (batch,)={tuple(logprobs.shape[:1])}, got {tuple(score.shape)}")
+        raise ValueError(
+            f"per_token_rewards: score must be (batch,)={tuple(logprobs.shape[:1])}, got {tuple(score.shape)}"
+        )
     with torch.no_grad():
         kl = (logprobs.float() - ref_logprobs.float()) * mask.float()
         rewards = -beta * kl
@@ -537,7 +539,9 @@ def group_advantages(
             f"group_advantages: {rewards.numel()} rewards cannot be split into groups of {group_size}"
         )
     if scale == "std" and group_size < 2:
-        raise ValueError("group_advantages: scale 'std' needs group_size >= 2 (the sample std of one value is undefined)")
+        raise ValueError(
+            "group_advantages: scale 'std' needs group_size >= 2 (the sample std of one value is undefined)"
+        )
     with torch.no_grad():
         grouped = rewards.float().view(-1, group_size)
         centred = grouped - grouped.mean(dim=1, keepdim=True)
