@@ -47,6 +47,7 @@ DEFAULT_LOW = 2
 DEFAULT_HIGH = 20
 
 _MAX_MULTIPLIER = 5  # "6 times as many" reads oddly in these stories
+_MAX_MISSES = 5000   # consecutive draws without a new problem before giving up
 _OPERATOR = {"product": "*", "add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
@@ -470,16 +471,14 @@ def generate_word_problems(n: int, seed: int = 0, *, min_steps: int = DEFAULT_MI
     seen_keys = {problem.key for problem in exclude}
     seen_texts = {normalise_question(problem.question) for problem in exclude}
     problems: list[WordProblem] = []
-    budget = 200 * n + 2000
-    for _ in range(budget):
-        if len(problems) == n:
-            break
+    misses = 0  # draws in a row that gave nothing new: many means the space is used up
+    while len(problems) < n and misses < _MAX_MISSES:
         problem = _draw(rng, rng.choice(chosen), rng.randint(min_steps, max_steps), low, high)
-        if problem is None:
+        text = normalise_question(problem.question) if problem is not None else None
+        if problem is None or problem.key in seen_keys or text in seen_texts:
+            misses += 1
             continue
-        text = normalise_question(problem.question)
-        if problem.key in seen_keys or text in seen_texts:
-            continue
+        misses = 0
         seen_keys.add(problem.key)
         seen_texts.add(text)
         problems.append(problem)

@@ -134,9 +134,8 @@ def generate_ifeval_prompts(n: int, seed: int = 0, *, functions: Iterable[str] |
     rng = random.Random(seed)
     seen = {item.key for item in exclude} | {item.prompt for item in exclude}
     prompts: list[IFEvalPrompt] = []
-    for _ in range(200 * n + 2000):
-        if len(prompts) == n:
-            break
+    misses = 0  # draws in a row that gave nothing new: many means the space is used up
+    while len(prompts) < n and misses < 5000:
         task = rng.randrange(len(_TASKS))
         topic = rng.choice(_TOPICS)
         func_name = rng.choice(names)
@@ -144,7 +143,9 @@ def generate_ifeval_prompts(n: int, seed: int = 0, *, functions: Iterable[str] |
         key = (task, topic, func_name, json.dumps(arguments, sort_keys=True))
         prompt = _TASKS[task].format(topic=topic) + " " + instruction
         if key in seen or prompt in seen:
+            misses += 1
             continue
+        misses = 0
         seen.update((key, prompt))
         prompts.append(IFEvalPrompt(id="ifeval-syn-" + hashlib.sha1(repr(key).encode()).hexdigest()[:12],
                                     prompt=prompt, func_name=func_name,

@@ -175,14 +175,15 @@ def generate_math_problems(n: int, seed: int = 0, *, low: int = 2, high: int = 2
     rng = random.Random(seed)
     seen = {problem.key for problem in exclude} | {problem.problem for problem in exclude}
     problems: list[MathProblem] = []
-    for _ in range(200 * n + 2000):
-        if len(problems) == n:
-            break
+    misses = 0  # draws in a row that gave nothing new: many means the space is used up
+    while len(problems) < n and misses < 5000:
         kind = rng.choice(names)
         numbers, problem, lines, answer = _KINDS[kind](rng, low, high)
         key = (kind, numbers)
         if key in seen or problem in seen:
+            misses += 1
             continue
+        misses = 0
         seen.update((key, problem))
         problems.append(MathProblem(id="math-syn-" + hashlib.sha1(repr(key).encode()).hexdigest()[:12],
                                     kind=kind, problem=problem, solution=_finish(lines, answer),
