@@ -159,6 +159,17 @@ def test_splits_disjoint_even_when_the_space_is_small():
     assert not {p.key for p in train} & {p.key for p in test}
 
 
+@pytest.mark.parametrize("kind", ["math", "ifeval"])
+def test_math_and_ifeval_splits_are_disjoint(kind):
+    train, test = make_splits(400, 100, seed=3, kind=kind)
+    assert (len(train), len(test)) == (400, 100)
+    assert not {p.key for p in train} & {p.key for p in test}
+    text = (lambda p: p.problem) if kind == "math" else (lambda p: p.prompt)
+    assert not {text(p) for p in train} & {text(p) for p in test}
+    with pytest.raises(ValueError, match="kind"):
+        make_splits(1, 1, kind="mmlu")
+
+
 def test_too_many_problems_for_the_range_is_an_error():
     with pytest.raises(ValueError, match="widen the number range"):
         generate_word_problems(10_000, seed=0, max_steps=1, low=2, high=3)

@@ -35,8 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from tulu_lab.data.synthetic_ifeval import IFEVAL_DATASET, IFEvalPrompt
-from tulu_lab.data.synthetic_math import MATH_DATASET, MATH_INSTRUCTION, MathProblem
+from tulu_lab.data.synthetic_ifeval import IFEVAL_DATASET, IFEvalPrompt, generate_ifeval_prompts
+from tulu_lab.data.synthetic_math import MATH_DATASET, MATH_INSTRUCTION, MathProblem, generate_math_problems
 
 GSM_INSTRUCTION = "\nSolve step by step and end with a line '#### <answer>'."
 GSM_DATASET = "gsm8k"  # the verifier name in RLVR rows
@@ -488,16 +488,25 @@ def generate_word_problems(n: int, seed: int = 0, *, min_steps: int = DEFAULT_MI
     return problems
 
 
-def make_splits(n_train: int, n_test: int, seed: int = 0, **difficulty) -> tuple[list[WordProblem], list[WordProblem]]:
-    """(train, test) word problems that share no problem (by key or by normalised question).
+def make_splits(n_train: int, n_test: int, seed: int = 0, *, kind: str = "gsm8k", **options) -> tuple[list, list]:
+    """(train, test) synthetic items that share no problem.
 
-    ``difficulty`` takes the keyword arguments of :func:`generate_word_problems` (min_steps,
-    max_steps, low, high, templates). The test split is drawn first, so it depends only on
-    (n_test, seed, difficulty), not on n_train.
+    kind     "gsm8k" (WordProblem, the default), "math" (MathProblem) or "ifeval" (IFEvalPrompt).
+    options  keyword arguments of the generator: for gsm8k min_steps, max_steps, low, high,
+             templates (see :func:`generate_word_problems`); for math low, high, kinds; for
+             ifeval functions.
+
+    Items are compared by key and by question text (normalised for word problems). The test split
+    is drawn first, so it depends only on (n_test, seed, options), not on n_train.
     """
-    test = generate_word_problems(n_test, seed, **difficulty)
+    generators = {"gsm8k": generate_word_problems, "math": generate_math_problems,
+                  "ifeval": generate_ifeval_prompts}
+    if kind not in generators:
+        raise ValueError(f"kind must be one of {sorted(generators)}, got {kind!r}")
+    generate = generators[kind]
+    test = generate(n_test, seed, **options)
     # a derived seed: the train stream must not replay the test stream's draws
-    train = generate_word_problems(n_train, seed * 1_000_003 + 7919, exclude=test, **difficulty)
+    train = generate(n_train, seed * 1_000_003 + 7919, exclude=test, **options)
     return train, test
 
 
