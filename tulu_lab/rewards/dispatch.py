@@ -1,0 +1,36 @@
+"""``verify(dataset, response, ground_truth)``: the verifiable reward of one RLVR row.
+
+Ai2's RLVR rows carry a ``dataset`` column ("gsm8k", "MATH", "ifeval") and a ``ground_truth``
+string; this routes each to its verifier. Every verifier first keeps only the text after the last
+"<|assistant|>\\n" (so a decoded prompt + completion works too), as Tülu 3's code does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .gsm8k import verify_gsm8k
+from .ifeval_rlvr import verify_ifeval
+from .math_answer import verify_math
+
+__all__ = ["VERIFIERS", "verify"]
+
+VERIFIERS: dict[str, Callable[[str, str], bool]] = {
+    "gsm8k": verify_gsm8k,
+    "math": verify_math,
+    "ifeval": verify_ifeval,
+}
+
+
+def verify(dataset: str, response: str, ground_truth: str) -> bool:
+    """True if ``response`` is correct for ``ground_truth`` under the ``dataset``'s verifier.
+
+    dataset: "gsm8k" | "math" | "ifeval" (any case). gsm8k: the last number equals the answer;
+    math: flex extraction + string/symbolic equivalence, bounded in time; ifeval: the JSON
+    constraint holds. Raises ValueError for an unknown dataset or a malformed ground truth.
+    """
+    if not isinstance(dataset, str) or dataset.strip().lower() not in VERIFIERS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(VERIFIERS)} (any case)")
+    if not isinstance(response, str):
+        raise ValueError(f"response must be a string, got {type(response).__name__}")
+    return VERIFIERS[dataset.strip().lower()](response, ground_truth)

@@ -1,0 +1,297 @@
+"""The IFEval benchmark's scoring (Google format: instruction_id_list + kwargs), offline.
+
+``ifeval_check`` scores one response the way google-research's ``instruction_following_eval``
+does: every instruction is checked on the response ("strict"), and on eight variants of it
+("loose": the response, with its first line removed, its last line removed, or both; each as is
+and with every "*" deleted), passing if any variant passes. An empty (all-whitespace) variant
+never passes. The prompt level passes when all its instructions pass.
+
+Each checker follows the official ``check_following`` (read from instructions.py), with these
+unavoidable or deliberate differences:
+
+- sentences are counted with the offline splitter in ``text_split`` instead of NLTK Punkt, and
+  all-capital words with its tokenizer instead of NLTK's ``word_tokenize``;
+- language detection uses ``langdetect`` (as IFEval) when installed, else the offline detector in
+  ``language``; an undetectable text counts as following the instruction, as in IFEval;
+- keywords, section splitters and postscript markers are matched literally (IFEval passes
+  them to ``re`` unescaped; the same for plain words, but no crash on "?" or "(").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+from .language import detect_language
+from .text_split import count_sentences, count_words, word_tokens
+
+__all__ = ["IFEVAL_CHECKERS", "ifeval_check", "loose_variants"]
+
+_RELATIONS = ("less than", "at least")
+_CONSTRAINED_RESPONSE_OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
+
+
+def _relation_holds(actual: int, threshold: int, relation: str) -> bool:
+    if relation == "less than":
+        return actual < threshold
+    if relation == "at least":
+        return actual >= threshold
+    raise ValueError(f"relation must be one of {_RELATIONS}, got {relation!r}")
+
+
+def _language_is(text: str, code: str) -> bool:
+    detected = detect_language(text)
+    return True if detected is None else detected == code
+
+
+# --- checkers: (response, kwargs) -> bool --------------------------------------------------------
+
+
+def _keywords_existence(value: str, kw: dict) -> bool:
+    return all(re.search(re.escape(k), value, re.IGNORECASE) for k in kw["keywords"])
+
+
+def _keywords_frequency(value: str, kw: dict) -> bool:
+    found = len(re.findall(re.escape(kw["keyword"].strip()), value, re.IGNORECASE))
+    return _relation_holds(found, kw["frequency"], kw["relation"])
+
+
+def _keywords_forbidden(value: str, kw: dict) -> bool:
+    return not any(
+        re.search(r"\b" + re.escape(w) + r"\b", value, re.IGNORECASE) for w in set(kw["forbidden_words"])
+    )
+
+
+def _letter_frequency(value: str, kw: dict) -> bool:
+    found = value.lower().count(kw["letter"].strip().lower())
+    return _relation_holds(found, kw["let_frequency"], kw["let_relation"])
+
+
+def _response_language(value: str, kw: dict) -> bool:
+    return _language_is(value, kw["language"])
+
+
+def _number_sentences(value: str, kw: dict) -> bool:
+    return _relation_holds(count_sentences(value), kw["num_sentences"], kw["relation"])
+
+
+def _number_paragraphs(value: str, kw: dict) -> bool:
+    paragraphs = re.split(r"\s?\*\*\*\s?", value)
+    count = len(paragraphs)
+    for index, paragraph in enumerate(paragraphs):
+        if not paragraph.strip():
+            if index in (0, len(paragraphs) - 1):
+                count -= 1
+            else:
+                return False
+    return count == kw["num_paragraphs"]
+
+
+def _number_words(value: str, kw: dict) -> bool:
+    return _relation_holds(count_words(value), kw["num_words"], kw["relation"])
+
+
+def _nth_paragraph_first_word(value: str, kw: dict) -> bool:
+    paragraphs = value.split("\n\n")
+    count = sum(1 for p in paragraphs if p.strip())
+    nth = kw["nth_paragraph"]
+    if not 1 <= nth <= count:
+        return False
+    paragraph = paragraphs[nth - 1].strip()  # indexes the raw split, empty pieces included
+    if not paragraph:
+        return False
+    word = paragraph.split()[0].strip().lstrip("'").lstrip('"')
+    first_word = ""
+    for letter in word:
+        if letter in {".", ",", "?", "!", "'", '"'}:
+            break
+        first_word += letter.lower()
+    return count == kw["num_paragraphs"] and first_word == kw["first_word"].lower()
+
+
+def _number_placeholders(value: str, kw: dict) -> bool:
+    return len(re.findall(r"\[.*?\]", value)) >= kw["num_placeholders"]
+
+
+def _postscript(value: str, kw: dict) -> bool:
+    marker = kw["postscript_marker"].strip()
+    if marker == "P.P.S":
+        pattern = r"\s*p\.\s?p\.\s?s.*$"
+    elif marker == "P.S.":
+        pattern = r"\s*p\.\s?s\..*$"
+    else:
+        pattern = r"\s*" + re.escape(marker.lower()) + r".*$"
+    return bool(re.findall(pattern, value.lower(), flags=re.MULTILINE))
+
+
+def _number_bullet_lists(value: str, kw: dict) -> bool:
+    stars = re.findall(r"^\s*\*[^\*].*$", value, flags=re.MULTILINE)
+    dashes = re.findall(r"^\s*-.*$", value, flags=re.MULTILINE)
+    return len(stars) + len(dashes) == kw["num_bullets"]
+
+
+def _constrained_response(value: str, kw: dict) -> bool:
+    value = value.strip()
+    return any(option in value for option in _CONSTRAINED_RESPONSE_OPTIONS)
+
+
+def _number_highlighted_sections(value: str, kw: dict) -> bool:
+    single = sum(1 for h in re.findall(r"\*[^\n\*]*\*", value) if h.strip("*").strip())
+    double = sum(1 for h in re.findall(r"\*\*[^\n\*]*\*\*", value) if h[2:-2].strip())
+    return single + double >= kw["num_highlights"]
+
+
+def _multiple_sections(value: str, kw: dict) -> bool:
+    splitter = kw["section_spliter"].strip()
+    sections = re.split(r"\s?" + re.escape(splitter) + r"\s?\d+\s?", value)
+    return len(sections) - 1 >= kw["num_sections"]
+
+
+def _json_format(value: str, kw: dict) -> bool:
+    value = value.strip()
+    for prefix in ("```json", "```Json", "```JSON", "```"):
+        value = value.removeprefix(prefix)
+    value = value.removesuffix("```").strip()
+    try:
+        json.loads(value)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _title(value: str, kw: dict) -> bool:
+    return any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", value))
+
+
+def _two_responses(value: str, kw: dict) -> bool:
+    responses = value.split("******")
+    valid = []
+    for index, response in enumerate(responses):
+        if not response.strip():
+            if index not in (0, len(responses) - 1):
+                return False
+        else:
+            valid.append(response)
+    return len(valid) == 2 and valid[0].strip() != valid[1].strip()
+
+
+def _repeat_prompt(value: str, kw: dict) -> bool:
+    return value.strip().lower().startswith(kw["prompt_to_repeat"].strip().lower())
+
+
+def _end_checker(value: str, kw: dict) -> bool:
+    return value.strip().strip('"').lower().endswith(kw["end_phrase"].strip().lower())
+
+
+def _capital_word_frequency(value: str, kw: dict) -> bool:
+    capitals = sum(1 for word in word_tokens(value) if word.isupper())
+    return _relation_holds(capitals, kw["capital_frequency"], kw["capital_relation"])
+
+
+def _english_capital(value: str, kw: dict) -> bool:
+    return value.isupper() and _language_is(value, "en")
+
+
+def _english_lowercase(value: str, kw: dict) -> bool:
+    return value.islower() and _language_is(value, "en")
+
+
+def _no_comma(value: str, kw: dict) -> bool:
+    return "," not in value
+
+
+def _quotation(value: str, kw: dict) -> bool:
+    value = value.strip()
+    return len(value) > 1 and value[0] == '"' and value[-1] == '"'
+
+
+# instruction id -> (checker, required kwargs)
+IFEVAL_CHECKERS: dict[str, tuple[Callable[[str, dict], bool], tuple[str, ...]]] = {
+    "keywords:existence": (_keywords_existence, ("keywords",)),
+    "keywords:frequency": (_keywords_frequency, ("keyword", "frequency", "relation")),
+    "keywords:forbidden_words": (_keywords_forbidden, ("forbidden_words",)),
+    "keywords:letter_frequency": (_letter_frequency, ("letter", "let_frequency", "let_relation")),
+    "language:response_language": (_response_language, ("language",)),
+    "length_constraints:number_sentences": (_number_sentences, ("num_sentences", "relation")),
+    "length_constraints:number_paragraphs": (_number_paragraphs, ("num_paragraphs",)),
+    "length_constraints:number_words": (_number_words, ("num_words", "relation")),
+    "length_constraints:nth_paragraph_first_word": (
+        _nth_paragraph_first_word,
+        ("num_paragraphs", "nth_paragraph", "first_word"),
+    ),
+    "detectable_content:number_placeholders": (_number_placeholders, ("num_placeholders",)),
+    "detectable_content:postscript": (_postscript, ("postscript_marker",)),
+    "detectable_format:number_bullet_lists": (_number_bullet_lists, ("num_bullets",)),
+    "detectable_format:constrained_response": (_constrained_response, ()),
+    "detectable_format:number_highlighted_sections": (_number_highlighted_sections, ("num_highlights",)),
+    "detectable_format:multiple_sections": (_multiple_sections, ("section_spliter", "num_sections")),
+    "detectable_format:json_format": (_json_format, ()),
+    "detectable_format:title": (_title, ()),
+    "combination:two_responses": (_two_responses, ()),
+    "combination:repeat_prompt": (_repeat_prompt, ("prompt_to_repeat",)),
+    "startend:end_checker": (_end_checker, ("end_phrase",)),
+    "change_case:capital_word_frequency": (
+        _capital_word_frequency,
+        ("capital_frequency", "capital_relation"),
+    ),
+    "change_case:english_capital": (_english_capital, ()),
+    "change_case:english_lowercase": (_english_lowercase, ()),
+    "punctuation:no_comma": (_no_comma, ()),
+    "startend:quotation": (_quotation, ()),
+}
+
+
+def loose_variants(response: str) -> list[str]:
+    """IFEval's eight loose variants: as is / first line / last line / both removed, x with "*"."""
+    lines = response.split("\n")
+    remove_first = "\n".join(lines[1:]).strip()
+    remove_last = "\n".join(lines[:-1]).strip()
+    remove_both = "\n".join(lines[1:-1]).strip()
+    variants = [response, remove_first, remove_last, remove_both]
+    return variants + [v.replace("*", "") for v in variants]
+
+
+def _instruction_arguments(instruction_id: str, kwargs: Any) -> dict:
+    if instruction_id not in IFEVAL_CHECKERS:
+        raise ValueError(
+            f"unknown IFEval instruction id {instruction_id!r}; supported: {sorted(IFEVAL_CHECKERS)}"
+        )
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"kwargs for {instruction_id} must be a dict, got {kwargs!r}")
+    arguments = {k: v for k, v in kwargs.items() if v is not None}
+    missing = [k for k in IFEVAL_CHECKERS[instruction_id][1] if k not in arguments]
+    if missing:
+        raise ValueError(f"kwargs for {instruction_id} lack {missing}; got {kwargs!r}")
+    return arguments
+
+
+def ifeval_check(
+    prompt: str, response: str, instruction_id_list: list[str], kwargs: list[dict]
+) -> dict[str, Any]:
+    """Score one IFEval response.
+
+    Returns {"prompt_level_strict": bool, "prompt_level_loose": bool,
+    "inst_level_strict": [bool per instruction], "inst_level_loose": [bool per instruction]}.
+    ``prompt`` is part of the official interface (instructions may refer to it); the current
+    instruction set reads the prompt to repeat from ``kwargs`` instead.
+    """
+    if not isinstance(response, str):
+        raise ValueError(f"response must be a string, got {type(response).__name__}")
+    if len(instruction_id_list) != len(kwargs):
+        raise ValueError(
+            f"instruction_id_list has {len(instruction_id_list)} ids but kwargs has {len(kwargs)} dicts"
+        )
+    variants = loose_variants(response)
+    strict, loose = [], []
+    for instruction_id, instruction_kwargs in zip(instruction_id_list, kwargs):
+        arguments = _instruction_arguments(instruction_id, instruction_kwargs)
+        checker = IFEVAL_CHECKERS[instruction_id][0]
+        strict.append(bool(response.strip()) and checker(response, arguments))
+        loose.append(any(v.strip() and checker(v, arguments) for v in variants))
+    return {
+        "prompt_level_strict": all(strict),
+        "prompt_level_loose": all(loose),
+        "inst_level_strict": strict,
+        "inst_level_loose": loose,
+    }
