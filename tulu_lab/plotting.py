@@ -295,10 +295,11 @@ def plot_405b_comparison(
     benchmarks = [b for b in benchmarks if b not in averages] + averages
     wide = df.pivot_table(index="benchmark", columns="model", values="value", aggfunc="first")
 
-    # Which printed averages disagree with their cells (checked on every model in df, not just the shown).
+    # Which printed averages disagree with their cells. Only checkable on the full table: an average
+    # over a subset of its rows would be a different number.
     starred: dict[tuple[str, str], tuple[float, float]] = {}
     rules = reference.averaged_rows("main_405b")
-    if all(row in wide.index for row in rules):
+    if set(wide.index) == set(reference.paper_table("main_405b")["benchmark"]):
         for item in reference.check_averages(wide, rules).itertuples():
             starred[(item.row, item.model)] = (item.printed, item.recomputed)
 
@@ -839,6 +840,17 @@ def _size_order(model: str) -> float:
     return float(match.group(1)) if match else float("inf")
 
 
+MEMORY_COMPONENTS: tuple[str, ...] = ("weights_gb", "kv_gb", "activations_gb")
+
+
+def _memory_segment_style(segment: str, color: str) -> dict:
+    """Weights solid in the quantisation's colour; what comes on top of them hollow with a pattern."""
+    hatches = {"kv_gb": "....", "activations_gb": "xxx", "other_gb": "---"}
+    if segment in hatches:
+        return {"facecolor": "white", "edgecolor": color, "hatch": hatches[segment], "linewidth": 0.8}
+    return measured_bar_style(color)
+
+
 @_styled
 def plot_memory_plan(
     df: pd.DataFrame,
@@ -848,20 +860,40 @@ def plot_memory_plan(
     multiples_for: Sequence[float] = (80, 141),
     title: str | None = None,
 ) -> Figure:
-    """Memory per model x quantisation (weights, stacked with KV cache) against GPU capacities.
+    """Memory per model x quantisation (stacked components) against GPU capacities.
 
-    ``df``: columns model, quant and either weights_gb (+ optional kv_gb) or total_gb, in GB
-    (1e9 bytes), one row per (model, quant). Horizontal lines mark each capacity in ``capacities_gb``,
-    and ``gpu_counts`` multiples of the capacities listed in ``multiples_for``. Log scale.
+    ``df``: columns model, quant and, in GB (1e9 bytes), any of the components weights_gb, kv_gb,
+    activations_gb (stacked in that order) and/or total_gb; one row per (model, quant) — the shape of
+    ``tulu_lab.memory.memory_grid()``. When total_gb exceeds the components' sum the rest is drawn as
+    "other". Horizontal lines mark each capacity in ``capacities_gb``, and ``gpu_counts`` multiples of
+    the capacities listed in ``multiples_for``. Log scale.
     """
     function = "plot_memory_plan"
     _require_columns(df, ["model", "quant"], function, "df")
-    if "weights_gb" not in df.columns and "total_gb" not in df.columns:
-        raise ValueError(f"{function}: df needs weights_gb (+ kv_gb) or total_gb; it has {list(df.columns)}")
+    components = [column for column in MEMORY_COMPONENTS if column in df.columns]
+    if not components and "total_gb" not in df.columns:
+        raise ValueError(f"{function}: df needs some of {list(MEMORY_COMPONENTS)} or total_gb; "
+                         f"it has {list(df.columns)}")
     data = df.copy()
-    if "weights_gb" in data.columns:
-        data["kv_gb"] = data["kv_gb"].astype(float) if "kv_gb" in data.columns else 0.0
-        data["total_gb"] = data["weights_gb"].astype(float) + data["kv_gb"]
+    if not components:  # totals only: one solid bar each
+        data["total_gb"] = data["total_gb"].astype(float)
+        segments = ["total_gb"]
+    else:
+        for column in components:
+            data[column] = data[column].astype(float).fillna(0.0)
+        component_sum = data[components].sum(axis=1)
+        if "total_gb" in data.columns:
+            data["total_gb"] = data["total_gb"].astype(float)
+            short = data["total_gb"] < component_sum * 0.995
+            if short.any():
+                raise ValueError(f"{function}: total_gb is below the sum of {components} in rows "
+                                 f"{data.index[short].tolist()}")
+            gap = data["total_gb"] - component_sum
+            data["other_gb"] = gap.where(gap > data["total_gb"] * 0.005, 0.0)
+        else:
+            data["total_gb"] = component_sum
+            data["other_gb"] = 0.0
+        segments = components + ["other_gb"]
     duplicated = data.duplicated(["model", "quant"])
     if duplicated.any():
         raise ValueError(f"{function}: more than one row for (model, quant) "
@@ -875,27 +907,25 @@ def plot_memory_plan(
     fig = _new_figure(9.5, 5.8)
     ax = fig.add_subplot()
     width = 0.8 / len(quants)
-    stacked = "weights_gb" in data.columns
     rows = []
-    for index, quant in enumerate(quants):
-        color = QUANT_COLORS.get(quant, MEASURED_COLORS[index % len(MEASURED_COLORS)])
-        for position, model in enumerate(models):
+    for position, model in enumerate(models):
+        for index, quant in enumerate(quants):
+            color = QUANT_COLORS.get(quant, MEASURED_COLORS[index % len(MEASURED_COLORS)])
             row = data[(data["model"] == model) & (data["quant"] == quant)]
             if row.empty:
                 continue
             row = row.iloc[0]
             x = position - 0.4 + width * (index + 0.5)
-            if stacked:
-                ax.bar(x, row["weights_gb"], width=width, **measured_bar_style(color))
-                if row["kv_gb"] > 0:
-                    ax.bar(x, row["kv_gb"], width=width, bottom=row["weights_gb"], facecolor="white",
-                           edgecolor=color, hatch="....", linewidth=0.8)
-            else:
-                ax.bar(x, row["total_gb"], width=width, **measured_bar_style(color))
+            bottom = 0.0
+            for segment in segments:
+                height = row[segment]
+                if height <= 0:
+                    continue
+                ax.bar(x, height, width=width, bottom=bottom, **_memory_segment_style(segment, color))
+                bottom += height
             ax.text(x, row["total_gb"] * 1.06, f"{row['total_gb']:.0f}" if row["total_gb"] >= 10
                     else f"{row['total_gb']:.1f}", ha="center", va="bottom", fontsize=7)
-            rows.append({"model": model, "quant": quant,
-                         "weights_gb": row.get("weights_gb", np.nan), "kv_gb": row.get("kv_gb", np.nan),
+            rows.append({"model": model, "quant": quant, **{segment: row[segment] for segment in segments},
                          "total_gb": row["total_gb"]})
 
     # Capacity lines: singles labelled at the left margin, multiples of the big GPUs at the right.
@@ -911,8 +941,8 @@ def plot_memory_plan(
         color = line_colors.get(base, "#555555")
         # drawn over the bars: whether a bar ends below a line is the point of the figure
         ax.axhline(gb, color=color, linewidth=0.9, linestyle="-" if count == 1 else "--", alpha=0.9, zorder=3)
-        label = name if count == 1 else f"{count}x {name.split(' ')[0]} GB = {gb:g} GB"
-        right = count > 1 and base == max(multiples_for) or (count == 1 and base == max(capacities_gb.values()))
+        label = name if count == 1 else f"{count}x {base:g} GB = {gb:g} GB"
+        right = (count > 1 and base == max(multiples_for)) or (count == 1 and base == max(capacities_gb.values()))
         ax.text(0.995 if right else 0.005, gb, label, transform=transform, ha="right" if right else "left",
                 va="bottom", fontsize=6.5, color=color)
     ax.set_yscale("log")
@@ -922,16 +952,22 @@ def plot_memory_plan(
     ax.set_xlim(-1.0, len(models))
     ax.set_ylabel("GB (log scale)")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    handles = [Patch(**measured_bar_style(QUANT_COLORS.get(q, MEASURED_COLORS[i % len(MEASURED_COLORS)])),
-                     label=f"weights, {q}") for i, q in enumerate(quants)]
-    if stacked and (data["kv_gb"] > 0).any():
-        handles.append(Patch(facecolor="white", edgecolor="#333333", hatch="....", label="KV cache"))
+    label_of = {"weights_gb": "weights", "kv_gb": "KV cache", "activations_gb": "activations",
+                "other_gb": "other", "total_gb": "total"}
+    first = segments[0]
+    handles = [Patch(**_memory_segment_style(first, QUANT_COLORS.get(q, MEASURED_COLORS[i % len(MEASURED_COLORS)])),
+                     label=f"{label_of[first]}, {q}") for i, q in enumerate(quants)]
+    for segment in segments[1:]:
+        if (data[segment] > 0).any():
+            handles.append(Patch(**_memory_segment_style(segment, "#333333"), label=label_of[segment]))
     handles += [Line2D([], [], color="#555555", linewidth=0.9, label="1 GPU"),
                 Line2D([], [], color="#555555", linewidth=0.9, linestyle="--", label="several GPUs")]
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles))
     ax.set_title(title or "Memory needed vs GPU memory", fontsize=10)
-    _add_footnote(fig, "Computed by the memory planner (not paper numbers): weights plus KV cache, without "
-                       "activations or framework overhead; a configuration fits when its bar is below a line.")
+    drawn = ", ".join(label_of[segment] for segment in segments if (data[segment] > 0).any())
+    _add_footnote(fig, f"Computed by the memory planner, not paper numbers: {drawn}. Lines: GPU memory x number "
+                       "of GPUs, assuming a perfect split and no framework overhead; a configuration can fit when "
+                       "its bar ends below a line.")
     _attach_data(fig, pd.DataFrame(rows))
     return fig
 
@@ -940,5 +976,5 @@ __all__ = [
     "ARM_COLORS", "DISPLAY_NAMES", "MEASURED_COLORS", "MODEL_COLORS", "QUANT_COLORS", "STAGE_COLORS",
     "STAGE_ORDER", "STYLE", "fig25_points", "model_color", "plot_405b_comparison", "plot_405b_math_rlvr",
     "plot_memory_plan", "plot_overoptimization", "plot_rlvr_curves", "plot_stage_progression",
-    "plotted_data", "save_fig", "style_context", "table4_long",
+    "MEMORY_COMPONENTS", "plotted_data", "save_fig", "style_context", "table4_long",
 ]

@@ -319,9 +319,10 @@ def check_averages(
     checked. Returns columns row, model, printed, recomputed, difference for rows off by more than
     ``tolerance`` (empty when all agree).
     """
-    missing = [row for row in averaged_rows if row not in wide.index]
+    named = list(averaged_rows) + [m[1:] for ms in averaged_rows.values() for m in (ms or ()) if m.startswith("~")]
+    missing = [row for row in named if row not in wide.index]
     if missing:
-        raise KeyError(f"average rows {missing} not in the table's rows {list(wide.index)}")
+        raise KeyError(f"rows {missing} needed to check the averages are not in the table's rows {list(wide.index)}")
     numeric = wide.select_dtypes("number")
     cells = numeric.drop(index=list(averaged_rows))
     found = []
