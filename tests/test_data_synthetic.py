@@ -8,6 +8,7 @@ from math import gcd
 import pytest
 
 from tulu_lab.data import load_preference, load_rlvr, load_sft
+from tulu_lab.rewards import verify
 from tulu_lab.data.loaders import last_boxed_content
 from tulu_lab.data.synthetic import (
     DEFAULT_HIGH,
@@ -35,13 +36,6 @@ def last_number(text: str) -> int:
     return int(re.findall(r"-?\d+", text.replace(",", ""))[-1])
 
 
-def gsm8k_correct(response: str, ground_truth: str) -> bool:
-    """The project's verifier where it exists; until then the last-number rule it implements."""
-    try:
-        from tulu_lab.rewards import verify
-    except ImportError:
-        return last_number(response) == int(ground_truth)
-    return verify("gsm8k", response, ground_truth)
 
 
 # --- GSM-style word problems ---------------------------------------------------------------------
@@ -196,8 +190,8 @@ def test_preference_pairs_chosen_right_rejected_wrong():
         row = preference_row(problem, seed=1)
         chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
         assert row["chosen"][0] == row["rejected"][0] == {"role": "user", "content": gsm_prompt(problem)}
-        assert gsm8k_correct(chosen, str(problem.answer))
-        assert not gsm8k_correct(rejected, str(problem.answer))
+        assert verify("gsm8k", chosen, str(problem.answer))
+        assert not verify("gsm8k", rejected, str(problem.answer))
         # same format, same number of steps: only the arithmetic differs
         assert len(rejected.split("\n")) == len(chosen.split("\n"))
         assert re.fullmatch(r"#### \d+", rejected.split("\n")[-1])
@@ -278,6 +272,15 @@ def test_math_answers_are_right():
         assert problem.solution.endswith(f"Final Answer: The final answer is ${problem.answer}$. I hope it is correct.")
 
 
+def test_math_solutions_pass_the_math_verifier():
+    for problem in generate_math_problems(60, seed=8):
+        assert verify("math", problem.solution, problem.answer)
+        wrong = problem.solution.replace("\\boxed{" + problem.answer + "}", "\\boxed{" + problem.answer + " + 1}")
+        wrong = wrong.replace(f"${problem.answer}$.", f"${problem.answer} + 1$.")
+        assert wrong.count(problem.answer + " + 1") == 2
+        assert not verify("math", wrong, problem.answer)
+
+
 def test_math_deterministic_and_distinct():
     first = generate_math_problems(200, seed=1)
     assert first == generate_math_problems(200, seed=1)
@@ -318,3 +321,39 @@ def test_ifeval_ground_truths():
             assert all(f'"{word}"' in item.prompt for word in truth["keyword_list"])
     assert [p.prompt for p in prompts] == [p.prompt for p in generate_ifeval_prompts(300, seed=0)]
     assert len({p.key for p in prompts}) == 300
+
+
+def compliant_and_violating(truth: dict) -> tuple[str, str]:
+    """A response that meets the constraint and one that breaks it."""
+    name = truth["func_name"]
+    if name == "validate_lowercase":
+        return "a quiet afternoon by the window.", "A quiet afternoon."
+    if name == "validate_uppercase":
+        return "A QUIET AFTERNOON.", "A quiet afternoon."
+    if name == "validate_no_commas":
+        return "Rain fell all day and we stayed in.", "Rain fell, and we stayed in."
+    if name == "validate_word_constraint":
+        n, quantifier = truth["N"], truth["quantifier"]
+        wrong = {"at least": 1, "at most": n + 50, "around": 2 * n}[quantifier]
+        return " ".join(["word"] * n), " ".join(["word"] * wrong)
+    if name == "verify_bullet_points":
+        bullets = lambda k: "\n".join(f"* point {i}" for i in range(k))
+        return bullets(truth["N"]), bullets(truth["N"] + 1)
+    if name == "validate_end":
+        return "Here is the note. " + truth["end_phrase"], truth["end_phrase"] + " Thanks."
+    if name == "validate_title":
+        return "<<rainy days>>\nIt rained.", "Rainy days\nIt rained."
+    if name == "verify_postscript":
+        return f"It rained.\n\n{truth['postscript_marker']} Bring an umbrella.", "It rained."
+    if name == "verify_keywords":
+        return "We saw " + " and ".join(truth["keyword_list"]) + ".", "We saw nothing."
+    if name == "validate_highlighted_sections":
+        return " ".join(f"*part {i}*" for i in range(truth["N"])), "No highlights here."
+    raise AssertionError(name)
+
+
+def test_ifeval_ground_truths_work_with_the_ifeval_verifier():
+    for item in generate_ifeval_prompts(200, seed=1):
+        good, bad = compliant_and_violating(json.loads(item.ground_truth))
+        assert verify("ifeval", good, item.ground_truth), (item.ground_truth, good)
+        assert not verify("ifeval", bad, item.ground_truth), (item.ground_truth, bad)

@@ -309,8 +309,9 @@ def load_gsm8k(source: str | os.PathLike = GSM8K_HF_ID, *, split: str = "test", 
     """GSM8K rows: ``{"id", "question", "answer", "final_answer"}``.
 
     ``answer`` is the worked solution as published (with ``<<...>>`` calculator annotations and the
-    closing "#### N" line); ``final_answer`` is the text after "####" (the RLVR ground truth, e.g.
-    "18"). ``id`` is ``"gsm8k/{split}/{index}"``.
+    closing "#### N" line); ``final_answer`` is the text after "####" as written (the RLVR ground
+    truth, e.g. "18"; 93 of the 8,792 answers carry thousands commas, e.g. "1,080"). ``id`` is
+    ``"gsm8k/{split}/{index}"``.
     """
     rows = []
     hint = "a jsonl file with one {\"question\": str, \"answer\": str ending in '#### N'} per line " \
