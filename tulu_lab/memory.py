@@ -17,6 +17,9 @@ tests/test_memory.py):
   bits/weight.
 * LLM.int8: one int8 byte per weight plus one fp32 scale per output row.
 
+Not modelled: on CPUs with AVX512-BF16, bitsandbytes repacks NF4 weights at the first forward pass
+(bf16 absmax, double quant undone: 4.25 bits/weight afterwards); on CUDA the layout stays as loaded.
+
 Estimates (stated, not measured): activations assume SDPA attention (no seq x seq score matrix) and,
 for training, gradient checkpointing; generation keeps logits of the last position only. Each GPU
 loses ``CUDA_CONTEXT_RESERVE`` (1 GiB) to the CUDA context and kernels. Sizes print in GB = 10^9 bytes.
@@ -1033,8 +1036,8 @@ def memory_grid(models=("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b"), quan
             activations = totals.get("activations", 0) + transient
             rows.append(dict(
                 model=name, quant=quant, weights_gb=weights / GB, kv_gb=totals.get("kv_cache", 0) / GB,
-                activations_gb=activations / GB,
                 total_gb=(weights + totals.get("kv_cache", 0) + activations) / GB,
+                activations_gb=activations / GB,
                 gpus_80gb=_smallest_count(groups, transient, gpu("H100-80GB")),
                 gpus_141gb=_smallest_count(groups, transient, gpu("H200")),
             ))
