@@ -34,7 +34,9 @@ from tulu_lab.data.loaders import (
 )
 from tulu_lab.data.synthetic import (
     GSM_INSTRUCTION,
+    TEMPLATE_NAMES,
     WordProblem,
+    answer_from_key,
     generate_word_problems,
     gsm_prompt,
     make_splits,
@@ -43,12 +45,13 @@ from tulu_lab.data.synthetic import (
     sft_row,
     wrong_solution,
 )
-from tulu_lab.data.synthetic_ifeval import IFEvalPrompt, generate_ifeval_prompts
-from tulu_lab.data.synthetic_math import MATH_INSTRUCTION, MathProblem, generate_math_problems
+from tulu_lab.data.synthetic_ifeval import IFEVAL_FUNCTIONS, IFEvalPrompt, generate_ifeval_prompts
+from tulu_lab.data.synthetic_math import MATH_INSTRUCTION, MATH_KINDS, MathProblem, generate_math_problems
 
 __all__ = [
-    "DataFormatError", "DataSourceNotFoundError", "GSM8K_COT_EXEMPLARS", "GSM_INSTRUCTION", "IFEvalPrompt",
-    "MATH_INSTRUCTION", "MINERVA_MATH_EXEMPLARS", "MathProblem", "WordProblem", "build_fewshot_messages",
+    "DataFormatError", "DataSourceNotFoundError", "GSM8K_COT_EXEMPLARS", "GSM_INSTRUCTION", "IFEVAL_FUNCTIONS",
+    "IFEvalPrompt", "MATH_INSTRUCTION", "MATH_KINDS", "MINERVA_MATH_EXEMPLARS", "MathProblem", "TEMPLATE_NAMES",
+    "WordProblem", "answer_from_key", "build_fewshot_messages",
     "format_question", "generate_ifeval_prompts", "generate_math_problems", "generate_word_problems",
     "gsm8k_final_answer", "gsm_prompt", "last_boxed_content", "load_gsm8k", "load_ifeval", "load_math",
     "load_popqa", "load_preference", "load_records", "load_rlvr", "load_sft", "make_splits",
