@@ -136,6 +136,14 @@ def test_stage_progression_measured_only_percent():
     assert plotting.plotted_data(fig).value.max() == pytest.approx(40.0)  # 0.25 x 1.6, already percent
 
 
+def test_stage_progression_matches_benchmark_spellings():
+    measured = measured_frame().assign(benchmark=lambda d: d.benchmark.map({"gsm8k": "GSM-8K", "IFEval": "bbh"}))
+    fig = plotting.plot_stage_progression(tulu3_stage_scores("v5"), measured)
+    assert len(visible_axes(fig)) == 12  # joined the paper's GSM8K and BigBenchHard panels
+    bbh = next(ax for ax in visible_axes(fig) if ax.get_title().startswith("BBH"))
+    assert sorted(line.get_linestyle() for line in bbh.lines if line.get_linestyle() != "None") == ["-", "--", "--", "--"]
+
+
 def test_stage_progression_refuses_mixed_versions_and_ambiguous_metrics():
     mixed = pd.concat([tulu3_stage_scores("v5"), tulu3_stage_scores("v1")])
     with pytest.raises(ValueError, match="v1 and v5"):
@@ -190,6 +198,8 @@ def test_rlvr_curves_single_seed_tasks_and_errors():
     assert all(not any(isinstance(c, PolyCollection) for c in ax.collections) for ax in panels)
     with pytest.raises(ValueError, match="entropy"):
         plotting.plot_rlvr_curves(df, metrics=("reward", "entropy"))
+    with pytest.raises(ValueError, match="empty 'beta'"):
+        plotting.plot_rlvr_curves(df.assign(beta=np.where(df.step == 3, np.nan, df.beta)))
 
 
 # ---------------------------------------------------------------------------------------------- 4. KL

@@ -186,6 +186,14 @@ def _add_footnote(fig: Figure, text: str) -> None:
                  color="#333333", linespacing=1.25)
 
 
+def _require_filled(df: pd.DataFrame, columns: Iterable[str], function: str, argument: str) -> None:
+    """Grouping silently drops rows with empty keys: refuse them instead."""
+    for column in columns:
+        empty = df.index[df[column].isna()].tolist()
+        if empty:
+            raise ValueError(f"{function}: {argument} has empty {column!r} in rows {empty[:10]}")
+
+
 def _figure_legend(fig: Figure, handles: Mapping[str, object], title: str) -> None:
     """One legend above all panels; its title is the figure's title (a suptitle would collide with it)."""
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside upper center",
@@ -244,11 +252,6 @@ def _require_columns(df: pd.DataFrame, columns: Iterable[str], function: str, ar
         raise ValueError(f"{function}: {argument} lacks columns {missing}; it has {list(df.columns)}")
     if df.empty:
         raise ValueError(f"{function}: {argument} has no rows")
-
-
-def _flag_lines(attrs_flags: Sequence[str], numbers: Iterable[int]) -> list[str]:
-    wanted = {f"{number}." for number in numbers}
-    return [f"Flag {flag}" for flag in attrs_flags if flag.split(" ", 1)[0] in wanted]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,8 +337,8 @@ def plot_405b_comparison(
         ax.axvspan(x - 0.47, x + 0.47, color="#F0E442", alpha=0.25, zorder=0, linewidth=0)
         others = wide.loc[benchmark, [m for m in models if m != focus]]
         lead = float(wide.loc[benchmark, focus]) - float(others.max())
-        verdict = "leads by" if lead > 0 else "trails by"
-        ax.text(x, 101.5, f"{display_name(focus)}\n{verdict} {abs(lead):.1f}", ha="center", va="bottom",
+        verdict = f"leads by {lead:.1f}" if lead > 0 else f"trails by {-lead:.1f}" if lead < 0 else "ties"
+        ax.text(x, 101.5, f"{display_name(focus)}\n{verdict}", ha="center", va="bottom",
                 fontsize=7.5, fontweight="bold")
 
     settings = df.drop_duplicates("benchmark").set_index("benchmark")["setting"].fillna("")
@@ -358,7 +361,8 @@ def plot_405b_comparison(
     for (row, model), (printed, recomputed) in starred.items():
         footnote.append(f"* {display_name(model)} \"{display_name(row).replace(chr(10), ' ')}\" drawn as printed "
                         f"({printed:.1f}); its printed cells average {recomputed:.1f}.")
-    footnote += _flag_lines(df.attrs.get("flags", []), [6] if "GPT-4o-2024-11-20" in models else [])
+    if "GPT-4o-2024-11-20" in models:
+        footnote.append(f"Flag 6. {reference.FLAGS[6]}")
     _add_footnote(fig, "\n".join(footnote))
     _attach_data(fig, pd.DataFrame(rows))
     return fig
@@ -369,9 +373,15 @@ def plot_405b_comparison(
 # ----------------------------------------------------------------------------------------------
 
 
+# Other spellings of the paper's benchmark names, after lower-casing and dropping punctuation.
+_BENCHMARK_ALIASES: dict[str, str] = {"bbh": "bigbenchhard", "humanevalplus": "humaneval+",
+                                      "alpacaeval": "alpacaeval2", "truthfulqamc2": "truthfulqa"}
+
+
 def _benchmark_key(name: str) -> str:
-    """Match "gsm8k", "GSM8K" and "GSM-8K"; keeps "+" so HumanEval and HumanEval+ stay apart."""
-    return re.sub(r"[^a-z0-9+]", "", str(name).lower())
+    """Match "gsm8k", "GSM8K" and "GSM-8K", "bbh" and "BigBenchHard"; "+" kept so HumanEval+ stays apart."""
+    key = re.sub(r"[^a-z0-9+]", "", str(name).lower())
+    return _BENCHMARK_ALIASES.get(key, key)
 
 
 def _normalise_stage(stage: str, function: str) -> str:
@@ -416,6 +426,7 @@ def plot_stage_progression(
         raise ValueError(f"{function}: give paper_df, measured_df or both")
 
     series = []  # rows of the plotted data, both kinds
+    version = None
     if paper_df is not None:
         _require_columns(paper_df, ["model", "stage", "benchmark", "value"], function, "paper_df")
         if "version" in paper_df.columns and paper_df["version"].nunique() > 1:
@@ -450,7 +461,10 @@ def plot_stage_progression(
                              "choose one each with metrics={benchmark: metric}")
         measured["stage"] = [_normalise_stage(s, function) for s in measured["stage"]]
         measured["value"], converted = _to_percent(measured["value"].astype(float), measured_unit, function)
-        stderr = measured["stderr"].astype(float) if "stderr" in measured.columns else pd.Series(np.nan, index=measured.index)
+        if "stderr" in measured.columns:
+            stderr = measured["stderr"].astype(float)
+        else:
+            stderr = pd.Series(np.nan, index=measured.index)
         measured["stderr"] = stderr * (100.0 if converted else 1.0)
         if "n" not in measured.columns:
             measured["n"] = np.nan
@@ -534,9 +548,10 @@ def plot_stage_progression(
         footnote.append(f"Paper series (dashed, hollow markers): {source}. Averages omitted: they cover "
                         "different task sets at different scales; settings per scale in panel titles.")
     if measured_models:
+        has_stderr = data.loc[data["series"] == "measured here", "stderr"].notna().any()
         footnote.append("Measured series (solid) come from this workbench"
                         + ("; values given as fractions, shown x100" if converted else "")
-                        + "; error bars: ±1 standard error.")
+                        + ("; error bars: ±1 standard error" if has_stderr else "") + ".")
     _add_footnote(fig, "\n".join(footnote))
     _attach_data(fig, data.drop(columns=["key"]))
     return fig
@@ -593,6 +608,7 @@ def plot_rlvr_curves(
     """
     function = "plot_rlvr_curves"
     _require_columns(metrics_df, ["beta", "step", *metrics], function, "metrics_df")
+    _require_filled(metrics_df, ["beta", "step"], function, "metrics_df")
     if x == "auto":
         x = "episodes" if "episodes" in metrics_df.columns and metrics_df["episodes"].notna().all() else "step"
     if x not in metrics_df.columns:
@@ -673,6 +689,7 @@ def plot_overoptimization(
     """
     function = "plot_overoptimization"
     _require_columns(df, ["beta", "kl", "benchmark", "value"], function, "df")
+    _require_filled(df, ["beta", "kl", "benchmark"], function, "df")
     if kl_scale not in ("linear", "log"):
         raise ValueError(f"{function}: kl_scale must be 'linear' or 'log', got {kl_scale!r}")
     if kl_scale == "log" and (df["kl"] <= 0).any():
