@@ -258,7 +258,8 @@ def long_table(name: str) -> pd.DataFrame:
     Only for the benchmark-by-model tables (main_*, table23_rlvr_vs_dpo, table33_unseen).
     """
     if name not in _RESULTS_TABLES:
-        raise KeyError(f"long_table needs a benchmark-by-model table, one of {', '.join(_RESULTS_TABLES)}; got {name!r}")
+        raise KeyError(f"long_table needs a benchmark-by-model table, one of {', '.join(_RESULTS_TABLES)}; "
+                       f"got {name!r}")
     wide = paper_table(name)
     models = [column for column in wide.columns if column not in ("benchmark", "setting")]
     long = wide.melt(id_vars=["benchmark", "setting"], value_vars=models, var_name="model", value_name="value")
