@@ -220,7 +220,7 @@ def save_fig(
     fig: Figure,
     name: str,
     data: pd.DataFrame | None = None,
-    figures_dir: str | Path = "figures",
+    figures_dir: str | Path | None = None,
 ) -> tuple[Path, Path]:
     """Write ``{figures_dir}/{name}.png`` and ``{figures_dir}/{name}.csv`` (the plotted data).
 
@@ -235,6 +235,9 @@ def save_fig(
         data = plotted_data(fig)
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"save_fig: data must be a pandas DataFrame, got {type(data).__name__}")
+    if figures_dir is None:  # the project's figures/, wherever the caller runs from (notebooks/ or the root)
+        from tulu_lab.paths import figures_dir as default_figures_dir
+        figures_dir = default_figures_dir()
     directory = Path(figures_dir)
     directory.mkdir(parents=True, exist_ok=True)
     png_path, csv_path = directory / f"{name}.png", directory / f"{name}.csv"

