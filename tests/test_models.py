@@ -113,3 +113,22 @@ def test_embedded_conversion_from_scratch(tmp_path, monkeypatch):
     folder = embedded_model_dir(verbose=False)
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert not (tmp_path / "smollm2-135m-instruct.partial").exists()
+
+
+def test_load_that_cannot_fit_is_refused_before_reading_weights(tmp_path):
+    """A 405B config with no weights at all: the planner must refuse it from config.json alone."""
+    import json
+    from tulu_lab.memory import DoesNotFitError
+    from tulu_lab.presets import __file__ as presets_init
+    from pathlib import Path
+    preset = json.loads((Path(presets_init).parent / "llama-3.1-405b.json").read_text())
+    folder = tmp_path / "fake-405b"
+    folder.mkdir()
+    config = {k: v for k, v in preset.items() if not k.startswith("_")}
+    config.setdefault("model_type", "llama")
+    config.setdefault("architectures", ["LlamaForCausalLM"])
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DoesNotFitError) as err:
+        load_model(str(folder), quant="nf4", verbose=False)
+    message = str(err.value)
+    assert "GB" in message

@@ -234,13 +234,21 @@ def load_model(name_or_path: str | os.PathLike = "smollm2-135m", *, quant: str |
         device_map = "auto" if torch.cuda.is_available() else "cpu"
 
     path = resolve_model_path(name_or_path, verbose=verbose)
-    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, verbose=verbose)
-    if check_memory:
-        _check_memory_before_loading(path, quant, torch_dtype, double_quant, trust_remote_code)
+    plan = None
+    if check_memory:  # refuses a load that cannot fit, before any weight is read
+        from tulu_lab.memory import ModelConfigError, plan_for_load
+        try:
+            plan = plan_for_load(path, quant=quant, dtype=torch_dtype, double_quant=double_quant,
+                                 trust_remote_code=trust_remote_code)
+        except ModelConfigError as err:
+            raise _not_found(name_or_path, err) from err
 
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, verbose=verbose)
     kwargs: dict[str, Any] = dict(dtype=torch_dtype if torch_dtype is not None else "auto",
                                   device_map=device_map, trust_remote_code=trust_remote_code,
                                   use_safetensors=True)
+    if plan is not None and device_map == "auto" and torch.cuda.is_available():
+        kwargs["max_memory"] = plan.max_memory  # the planner's per-GPU budget, context reserve included
     if quant is not None:
         kwargs["quantization_config"] = bnb_config(quant, torch_dtype, double_quant)
     try:
@@ -274,15 +282,3 @@ def attach_lora(model, lora: Any, *, quantized: bool = False):
                                      f"(expected a folder written by save_pretrained of a peft model).")
         return PeftModel.from_pretrained(model, lora, is_trainable=True)
     raise TypeError(f"lora must be None, a peft LoraConfig or a folder path, got {type(lora).__name__}")
-
-
-def _check_memory_before_loading(path: str, quant, torch_dtype, double_quant: bool, trust_remote_code: bool):
-    """Plan the load from config.json alone and refuse one that cannot fit, before any weight is read."""
-    try:
-        from tulu_lab import memory
-    except ImportError:  # planner not available: load without the check
-        return
-    if not hasattr(memory, "plan_for_load"):
-        return
-    memory.plan_for_load(path, quant=quant, dtype=torch_dtype, double_quant=double_quant,
-                         trust_remote_code=trust_remote_code)
