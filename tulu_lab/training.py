@@ -76,6 +76,66 @@ def prepare_trainable(model, cfg):
     return model
 
 
+def check_model_matches(cfg, model) -> None:
+    """Refuse a model whose quantisation contradicts the config (QLoRA is one flag: cfg.lora.quantize_4bit)."""
+    four_bit = bool(getattr(model, "is_loaded_in_4bit", False))
+    wants_4bit = cfg.lora is not None and cfg.lora.quantize_4bit
+    name = type(cfg).__name__
+    if four_bit and cfg.lora is None:
+        raise ValueError(f"{name}.lora is None (full fine-tuning) but the model is loaded in 4 bits: "
+                         f"4-bit weights cannot be trained directly; set lora=LoraSettings(quantize_4bit=True) (QLoRA)")
+    if wants_4bit and not four_bit:
+        raise ValueError(f"{name}.lora.quantize_4bit is True but the model is not loaded in 4 bits; "
+                         f"load it with tulu_lab.models.load_model(..., quant='nf4')")
+    if four_bit and not wants_4bit:
+        raise ValueError(f"the model is loaded in 4 bits but {name}.lora.quantize_4bit is False; "
+                         f"set it to True so the run's config records QLoRA")
+
+
+def check_processes(cfg, accelerator) -> None:
+    """The effective batch counts processes, so the launch must match cfg.num_processes."""
+    if accelerator.num_processes != cfg.num_processes:
+        raise ValueError(f"{type(cfg).__name__}.num_processes is {cfg.num_processes} but the run was launched with "
+                         f"{accelerator.num_processes} process(es); set num_processes={accelerator.num_processes} "
+                         f"(and adjust gradient_accumulation to keep the effective batch)")
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a permutation drawn from (seed, epoch) alone, never the global RNG,
+    so a resumed run and every process see the same order."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def step_micro_batches(order: list[int], position: int, per_device_batch: int, gradient_accumulation: int,
+                       num_processes: int, process_index: int) -> list[list[int]]:
+    """Example indices of this process's micro-batches for the ``position``-th optimiser step of an epoch.
+
+    The global batch is ``order[position * B : (position + 1) * B]`` with ``B = per_device_batch *
+    gradient_accumulation * num_processes``, cut into micro-batches of ``per_device_batch``; process ``r``
+    takes micro-batches ``r, r + P, r + 2P, ...``. The micro-batches are the same whatever the number of
+    processes, so one process with ``P x`` the accumulation runs exactly the same micro-batches.
+    """
+    size = per_device_batch * gradient_accumulation * num_processes
+    window = order[position * size:(position + 1) * size]
+    if len(window) != size:
+        raise ValueError(f"step {position} of the epoch needs {size} examples, only {len(window)} are left")
+    micro = [window[i:i + per_device_batch] for i in range(0, size, per_device_batch)]
+    return micro[process_index::num_processes]
+
+
+def seed_step(seed: int, step: int, process_index: int) -> None:
+    """Reseed the global RNGs (dropout) from (seed, step, process): a resumed run, on any process, draws
+    exactly what an uninterrupted run draws, without relying on saved RNG state."""
+    seed_everything((seed * 1_000_003 + step) * 1_009 + process_index)
+
+
+def remove_checkpoints(output_dir: str | Path) -> None:
+    """Delete the checkpoints of an earlier run (a fresh start must never resume from them later)."""
+    for path in list_checkpoints(output_dir):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -195,8 +255,14 @@ class MetricsLog:
         """Drop lines logged after ``step`` (they belong to work a resumed run will redo)."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill mid-write: its step is redone anyway
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def reset(self) -> None:
@@ -244,7 +310,15 @@ def save_final(model, tokenizer, output_dir: str | Path, cfg, summary: dict[str,
         model.save_pretrained(final / "adapter", safe_serialization=True)
         if merged:
             import copy
-            base = copy.deepcopy(model).merge_and_unload()
+            work = copy.deepcopy(model)
+            if getattr(work, "is_loaded_in_4bit", False) or getattr(work, "is_loaded_in_8bit", False):
+                # QLoRA: merge into the dequantised weights the adapters were trained against (a bnb
+                # model can be neither merged exactly in place nor cast to bf16)
+                from peft import PeftModel
+                plain = work.unload().dequantize()
+                base = PeftModel.from_pretrained(plain, final / "adapter").merge_and_unload()
+            else:
+                base = work.merge_and_unload()
             base.to(torch.bfloat16).save_pretrained(final, safe_serialization=True)
     else:
         model.save_pretrained(final, safe_serialization=True)

@@ -1,0 +1,281 @@
+"""Supervised fine-tuning, the first stage of Tülu 3 (paper section 4).
+
+    summary = train_sft(SFTConfig.cpu_preset(max_steps=100), model, tokenizer, rows)
+    model, tokenizer = load_model(summary["final_dir"])          # the next stage starts here
+
+Read top to bottom: encode the conversations (loss on assistant tokens only), order them per epoch,
+then for every optimiser step run this process's micro-batches, accumulate, clip, step, log and
+checkpoint; at the end write ``output_dir/final`` with the LoRA adapters merged in.
+
+The loss, and how "sum" is normalised
+-------------------------------------
+Per micro-batch the summed next-token NLL over its label tokens, ``S_m`` (``losses.sft_loss``), is
+turned into the tensor handed to ``accelerator.backward``:
+
+* ``"sum"`` (Tülu 3): ``S_m / per_device_batch``. accelerate divides it by ``gradient_accumulation``
+  and data-parallel training averages gradients over the ``num_processes`` processes, so the update
+  is the gradient of ``sum over every label token of the global batch / effective_batch``: a constant
+  divisor (examples per optimiser step), never the batch's token count. Every token weighs the same
+  within a step and across steps, and the update does not depend on how the global batch is split
+  into micro-batches or processes (``tests/test_distributed.py`` checks 2 processes against 1).
+  open-instruct's finetune.py backpropagates the per-micro-batch token sum through
+  ``accelerator.backward`` (divided by gradient_accumulation) under DDP (divided by the number of
+  processes): with the paper's ``per_device_batch=1`` that is exactly this divisor.
+* ``"mean"``: ``S_m / (label tokens of micro-batch m)``, i.e. the mean over micro-batch means (what
+  open-instruct's ``--reduce_loss mean`` and the Hugging Face Trainer did): short and long examples
+  weigh differently depending on which micro-batch they land in.
+
+Metrics (one JSON line per optimiser step in ``cfg.metrics_path``): ``loss`` is the mean NLL per label
+token over the global batch whatever the reduction (comparable across runs); ``objective`` is the
+quantity whose gradient was taken; plus ``learning_rate``, ``tokens`` (non-padding input tokens),
+``label_tokens``, ``step_time``, ``epoch`` (fractional), ``step``.
+
+Where this departs from the paper / open-instruct
+-------------------------------------------------
+* LoRA or QLoRA (``cfg.lora``; ``quantize_4bit`` expects a model loaded with ``quant="nf4"``) as well
+  as full fine-tuning; the paper trained every weight.
+* "sum" divides by the constant ``effective_batch`` (see above); open-instruct's divisor is
+  ``gradient_accumulation x num_processes`` whatever ``per_device_batch`` is (equal at the paper's 1).
+* Each epoch uses a fresh permutation drawn from (seed, epoch), and the last incomplete global batch of
+  an epoch is skipped (every step has ``effective_batch`` examples; a different remainder is skipped
+  each epoch). open-instruct keeps the partial batch.
+* ``max_steps``, when set, overrides ``epochs`` (the data are cycled with new permutations).
+* Dropout RNG is reseeded at every optimiser step from (seed, step, process), so resuming from a
+  checkpoint reproduces an uninterrupted run exactly on every process.
+* Examples left without any label after truncation to ``max_seq_len`` are dropped before training
+  and counted (``dropped_examples``); open-instruct filters them the same way.
+* ``loss`` is logged as the per-token mean (open-instruct logs the summed loss / accumulation steps).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tulu_lab.chat import encode_sft_example, pad_batch, validate_messages
+from tulu_lab.config import SFTConfig
+from tulu_lab.losses import sft_loss
+from tulu_lab.training import (
+    MetricsLog,
+    StepTimer,
+    autocast,
+    check_model_matches,
+    check_processes,
+    epoch_order,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    prepare_trainable,
+    remove_checkpoints,
+    resume_or_start,
+    save_checkpoint,
+    save_final,
+    seed_everything,
+    seed_step,
+    step_micro_batches,
+    trainable_parameters,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: conversations -> token ids with assistant-only labels
+# --------------------------------------------------------------------------------------------------
+
+def encode_sft_data(data: Sequence[dict], tokenizer, max_seq_len: int) -> tuple[list[dict], int]:
+    """Encode ``[{"messages": [...]}, ...]``; returns (examples with labels, number dropped).
+
+    Malformed rows raise ValueError naming the row index and field. A row is dropped (and counted)
+    when truncation to ``max_seq_len`` leaves none of its assistant tokens.
+    """
+    if isinstance(data, (str, bytes, dict)) or not isinstance(data, Sequence):
+        raise TypeError(f"data must be a list of {{'messages': [...]}} rows, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError("data is empty: SFT needs at least one {'messages': [...]} row")
+    examples, dropped = [], 0
+    for i, row in enumerate(data):
+        if not isinstance(row, dict) or "messages" not in row:
+            raise ValueError(f"data[{i}]: expected a dict with a 'messages' field, got {row!r:.80}")
+        validate_messages(row["messages"], where=f"data[{i}]['messages']")
+        if not any(m["role"] == "assistant" for m in row["messages"]):
+            raise ValueError(f"data[{i}]['messages']: no assistant message, nothing to learn from")
+        example = encode_sft_example(row["messages"], tokenizer, max_seq_len)
+        if example["has_labels"]:
+            examples.append(example)
+        else:
+            dropped += 1
+    return examples, dropped
+
+
+def micro_batch_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str,
+                     per_device_batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tensor to backpropagate for one micro-batch, with its summed NLL and label-token count.
+
+    "sum": ``S / per_device_batch`` (accelerate and data parallelism then divide by accumulation and
+    processes: the update is the global token sum / effective_batch). "mean": ``S / tokens``.
+    """
+    nll_sum, n_tokens = sft_loss(logits, labels, reduction="sum")
+    if reduction == "sum":
+        loss = nll_sum / per_device_batch
+    else:
+        loss = nll_sum / n_tokens.clamp(min=1)
+    return loss, nll_sum.detach(), n_tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------
+
+def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume: bool = True,
+              progress: bool = True) -> dict[str, Any]:
+    """Supervised fine-tuning with assistant-only loss, as in Tülu 3.
+
+    Args:
+        cfg: the run's settings (``SFTConfig.for_scale(...)`` or ``SFTConfig.cpu_preset(...)``).
+        model: a causal LM from ``tulu_lab.models.load_model`` (``quant="nf4"`` for QLoRA); LoRA
+            adapters from ``cfg.lora`` are attached unless it already has them.
+        tokenizer: its tokenizer; the Tülu template is rendered by ``tulu_lab.chat`` directly.
+        data: ``[{"messages": [{"role": ..., "content": ...}, ...]}, ...]``.
+        resume: continue from the newest checkpoint in ``cfg.output_dir`` if there is one; with
+            False any earlier checkpoints there are deleted and training starts afresh.
+        progress: show a tqdm bar (main process only).
+
+    Returns:
+        A summary dict: ``final_loss``, ``steps``, ``start_step``, ``steps_per_epoch``, ``examples``,
+        ``dropped_examples``, ``effective_batch``, ``tokens`` (non-padding input tokens this call
+        processed), ``wall_time_s``, ``output_dir``, ``final_dir`` (merged model for ``load_model``),
+        ``metrics_path``, and ``model`` (the trained model object; left out of summary.json).
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(cfg, SFTConfig):
+        raise TypeError(f"cfg must be an SFTConfig, got {type(cfg).__name__}")
+    started = time.perf_counter()
+    accelerator = make_accelerator(cfg)
+    check_processes(cfg, accelerator)
+    check_model_matches(cfg, model)
+    rank = accelerator.process_index
+
+    # ---- data ----
+    examples, dropped = encode_sft_data(data, tokenizer, cfg.max_seq_len)
+    if dropped and accelerator.is_main_process:
+        print(f"[tulu_lab] SFT: dropped {dropped} of {len(data)} examples with no assistant token left "
+              f"after truncation to max_seq_len={cfg.max_seq_len}", flush=True)
+    steps_per_epoch = len(examples) // cfg.effective_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"SFT: {len(examples)} usable examples ({dropped} dropped) cannot fill one optimiser step "
+                         f"of effective_batch={cfg.effective_batch}; add data or lower the batch")
+    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    # ---- model, optimiser, schedule; then the newest checkpoint if resuming ----
+    seed_everything(cfg.seed)  # LoRA initialisation: the same on every process and in every run
+    model = prepare_trainable(model, cfg)
+    model.train()
+    optimizer = make_optimizer(trainable_parameters(model), cfg)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    # The scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it
+    # once per process).
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    device = accelerator.device
+
+    log = MetricsLog(cfg.metrics_path, enabled=accelerator.is_main_process)
+    if not resume and accelerator.is_main_process:
+        remove_checkpoints(cfg.output_dir)
+    accelerator.wait_for_everyone()
+    start_step, _ = resume_or_start(cfg, unwrapped, optimizer, scheduler, log, resume=resume)
+
+    # ---- optimiser steps ----
+    bar = tqdm(total=total_steps, initial=start_step, desc="SFT", unit="step",
+               disable=not (progress and accelerator.is_main_process))
+    last_record: dict[str, Any] | None = None
+    tokens_seen = 0
+    order_epoch, order = -1, []
+    for step in range(start_step, total_steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(examples), cfg.seed, epoch)
+        seed_step(cfg.seed, step, rank)
+        timer = StepTimer()
+        learning_rate = scheduler.get_last_lr()[0]
+        # nll sum, label tokens, input tokens, objective contribution: summed over processes below
+        totals = torch.zeros(4, dtype=torch.float64)
+
+        for micro in step_micro_batches(order, position, cfg.per_device_batch, cfg.gradient_accumulation,
+                                        cfg.num_processes, rank):
+            batch = pad_batch([examples[i] for i in micro], pad_id, side="right")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                with autocast(cfg, device):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   use_cache=False).logits
+                loss, nll_sum, n_tokens = micro_batch_loss(logits, batch["labels"], cfg.loss_reduction,
+                                                           cfg.per_device_batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if cfg.grad_clip is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            micro_batches_per_step = cfg.gradient_accumulation * cfg.num_processes
+            objective_part = (float(nll_sum) / cfg.effective_batch if cfg.loss_reduction == "sum"
+                              else float(nll_sum) / max(int(n_tokens), 1) / micro_batches_per_step)
+            totals += torch.tensor([float(nll_sum), float(n_tokens), float(batch["attention_mask"].sum()),
+                                    objective_part], dtype=torch.float64)
+            del logits, loss
+
+        totals = accelerator.reduce(totals.to(device), reduction="sum").cpu()
+        tokens_seen += int(totals[2])
+        record = {
+            "step": step + 1,
+            "epoch": (step + 1) / steps_per_epoch,
+            "loss": float(totals[0] / totals[1].clamp(min=1)),
+            "objective": float(totals[3]),
+            "learning_rate": learning_rate,
+            "tokens": int(totals[2]),
+            "label_tokens": int(totals[1]),
+            "step_time": timer.lap(),
+        }
+        log.log(record)
+        last_record = record
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{learning_rate:.2e}")
+
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(cfg.output_dir, step + 1, unwrapped, optimizer, scheduler,
+                                loop_state={"epoch": epoch, "position_in_epoch": position + 1})
+            accelerator.wait_for_everyone()
+    bar.close()
+
+    # ---- the result: output_dir/final, merged, for the next stage ----
+    if last_record is None:  # everything was done before this call (resumed at the end)
+        records = log.read()
+        last_record = records[-1] if records else {}
+    summary = {
+        "stage": "sft",
+        "final_loss": last_record.get("loss"),
+        "steps": total_steps,
+        "start_step": start_step,
+        "steps_per_epoch": steps_per_epoch,
+        "examples": len(examples),
+        "dropped_examples": dropped,
+        "effective_batch": cfg.effective_batch,
+        "loss_reduction": cfg.loss_reduction,
+        "tokens": tokens_seen,
+        "wall_time_s": time.perf_counter() - started,
+        "output_dir": str(cfg.output_dir),
+        "final_dir": str(Path(cfg.output_dir) / "final"),
+        "metrics_path": str(cfg.metrics_path),
+    }
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final(unwrapped, tokenizer, cfg.output_dir, cfg, summary)
+    accelerator.wait_for_everyone()
+    unwrapped.eval()
+    return {**summary, "model": unwrapped}
