@@ -1,0 +1,868 @@
+"""RLVR: reinforcement learning with verifiable rewards, as Tülu 3 (PPO) and Tülu 3.1 (GRPO) ran it.
+
+    result = train_rlvr(RLVRConfig.cpu_preset(), model, tokenizer, rows, eval_data=heldout)
+    accuracy, correct = evaluate_accuracy(model, tokenizer, heldout, max_new_tokens=96, batch_size=32)
+
+``rows`` are RLVR rows ``{"messages": [...user turn...], "ground_truth": str, "dataset": "gsm8k" |
+"math" | "ifeval"}`` (``tulu_lab.data.rlvr_row`` / ``load_rlvr``). Every step reads top to bottom:
+
+1. rollout     this process's share of the step's prompts, ``samples_per_prompt`` samples each, drawn
+               by :func:`tulu_lab.generate.generate` in inference mode with a seed derived from
+               (seed, step, rank)
+2. reward      ``correct_reward`` if the verifier accepts the response else 0, plus
+               ``reward_model_weight * reward_model(prompts, responses)`` when a reward model is given
+               (the paper's ablation), REPLACED by ``non_stop_penalty`` when the response has no EOS
+3. score pass  one no-grad forward per micro-batch, once per rollout: the rollout policy's log-probs
+               (adapters on), the reference log-probs (adapters disabled) and the values; every PPO
+               epoch reuses them
+4. advantage   "ppo": per-token reward ``-beta * (logp - logp_ref)`` with the score added on the last
+               token, GAE (gamma 1, lambda 0.95), whitened over the whole batch;
+               "grpo": ``(r - mean_group) / (std_group + eps)`` per prompt
+5. update      ``ppo_epochs`` x ``num_minibatches`` optimiser steps of the clipped policy loss, plus the
+               clipped value loss x ``vf_coef`` (ppo) or ``beta`` x the k3 KL inside the loss (grpo)
+
+The loss of every micro-batch is divided by the token (or sequence) count of its whole minibatch,
+summed over every process, so gradient accumulation, bucketing by length, skipping and several
+processes all give the gradient of one big batch (:func:`rlvr_update`; tested with torchrun).
+
+Where this departs from the paper (and from open-instruct's code)
+-----------------------------------------------------------------
+* LoRA instead of full fine-tuning (``cfg.lora``; full fine-tuning works too). The reference policy is
+  the same network with its adapters disabled (``with model.disable_adapter():``), which is the
+  starting checkpoint; without LoRA it is a frozen copy made at the start.
+* Value model: the paper trains a separate value model initialised from Tulu-3-8B-RM
+  (``cfg.value_model_init``, ignored here). Here it is a small ``nn.Linear(hidden, 1)`` head on the
+  policy's last hidden state, zero-initialised, sharing the trunk (and its adapters) with the policy,
+  trained with the clipped value loss x ``vf_coef`` and saved in checkpoints (``value_head``).
+* The score sits on the last real response token (see ``tulu_lab.losses``), not one position later.
+* The score pass runs in eval mode (no LoRA dropout); the training forward runs in train mode.
+* GRPO with one epoch and one minibatch skips the rollout-policy pass: the "old" log-probs are the
+  detached log-probs of the training forward (ratio exactly 1), as TRL does.
+* With ``beta == 0`` (GRPO), sequences whose advantage is exactly 0 (e.g. every sample of the group
+  scored the same) skip their forward and backward passes: their loss term and gradient are exactly 0.
+  They still count in the loss normaliser and the optimiser still steps, so the update is unchanged.
+* The non-stop penalty applies to GRPO too (Tülu 3 PPO setting; ``cfg.non_stop_penalty``).
+* Log-probs come from bf16 compute (weights or autocast, ``cfg.precision``), log-softmax in float32.
+* The learning-rate schedule advances once per rollout step (not per minibatch).
+* Prompts longer than ``max_prompt_len`` tokens are dropped (as open-instruct filters them).
+* Several processes: each process generates its own prompts' samples; checkpoints hold the RNG state
+  of process 0 only, so an exact resume is guaranteed for one process.
+* The rollout batch reuses prompts once the data is used up (a new shuffled pass), as open-instruct.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from tulu_lab.config import RLVRConfig
+from tulu_lab.generate import format_prompt, generate
+from tulu_lab.losses import (
+    IGNORE_INDEX,
+    gae,
+    group_advantages,
+    grpo_loss,
+    kl_estimate,
+    masked_mean,
+    masked_sum,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+    sequence_logprobs,
+    verifiable_score,
+    whiten,
+)
+from tulu_lab.training import (
+    MetricsLog,
+    StepTimer,
+    autocast,
+    list_checkpoints,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    prepare_trainable,
+    resume_or_start,
+    save_checkpoint,
+    save_final,
+    seed_everything,
+)
+
+RewardModel = Callable[[list[str], list[str]], list[float]]
+MAX_GENERATION_BATCH = 64  # rows decoded together during a rollout
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """This process among the data-parallel processes, and the one collective the update needs."""
+
+    size: int = 1
+    rank: int = 0
+
+    @classmethod
+    def from_accelerator(cls, accelerator) -> World:
+        return cls(size=accelerator.num_processes, rank=accelerator.process_index)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over every process (a copy; the input is left alone)."""
+        tensor = tensor.detach().clone()
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+def _derived_seed(*parts: int) -> int:
+    """A seed for one (seed, step, rank, ...) combination; distinct combinations get distinct seeds."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 1) % (2**62)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def check_rlvr_rows(rows: Sequence[dict], where: str = "data") -> list[dict]:
+    """Validate RLVR rows; raise ValueError naming the row and field. Returns them as a list."""
+    from tulu_lab.rewards import VERIFIERS
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError(f"{where} is empty: RLVR needs at least one {{'messages', 'ground_truth', 'dataset'}} row")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}[{i}]: expected a dict with 'messages', 'ground_truth', 'dataset', "
+                             f"got {type(row).__name__}")
+        missing = [key for key in ("messages", "ground_truth", "dataset") if key not in row]
+        if missing:
+            raise ValueError(f"{where}[{i}]: missing field(s) {missing}; RLVR rows need 'messages', "
+                             f"'ground_truth' and 'dataset'")
+        messages = row["messages"]
+        if not isinstance(messages, (list, tuple)) or not messages or not all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+            raise ValueError(f"{where}[{i}].messages: expected a non-empty list of {{'role', 'content'}} dicts")
+        if messages[-1]["role"] != "user":
+            raise ValueError(f"{where}[{i}].messages: the last message must be the user's prompt, "
+                             f"got role {messages[-1]['role']!r}")
+        if not isinstance(row["ground_truth"], str):
+            raise ValueError(f"{where}[{i}].ground_truth: expected a string, got {type(row['ground_truth']).__name__}")
+        if not isinstance(row["dataset"], str) or row["dataset"].strip().lower() not in VERIFIERS:
+            raise ValueError(f"{where}[{i}].dataset: {row['dataset']!r} has no verifier; "
+                             f"expected one of {sorted(VERIFIERS)}")
+    return rows
+
+
+def _step_prompt_indices(n_rows: int, prompts_per_step: int, step: int, seed: int) -> list[int]:
+    """The rows of rollout step ``step`` (0-based): consecutive slices of shuffled passes over the data.
+
+    Stateless (a function of seed and step only), so a resumed run draws the same prompts.
+    """
+    indices = []
+    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        data_pass, offset = divmod(position, n_rows)
+        order = list(range(n_rows))
+        random.Random(_derived_seed(seed, data_pass, 7)).shuffle(order)
+        indices.append(order[offset])
+    return indices
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward passes: log-probs, values, entropy of the response tokens only
+# ----------------------------------------------------------------------------------------------
+
+
+def _base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded prompt + response sequences and where their response tokens sit.
+
+    ``positions[i, j]`` is the position whose hidden state predicts response token ``j`` of row ``i``
+    (the prompt's last token for j = 0); one extra column keeps the ``labels`` shift of
+    ``sequence_logprobs``: ``labels[:, 0]`` is ignored and ``labels[:, j + 1]`` is response token j.
+    """
+
+    rows: list[int]
+    input_ids: torch.Tensor       # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    positions: torch.Tensor       # (B, T + 1)
+    labels: torch.Tensor          # (B, T + 1)
+
+    @property
+    def response_len(self) -> int:
+        return self.labels.size(1) - 1
+
+
+def make_micro_batch(prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], rows: list[int],
+                     pad_id: int, device: torch.device | str = "cpu") -> MicroBatch:
+    """Pad the given rows to their own longest sequence (no padding beyond this micro-batch)."""
+    prompts = [prompt_ids[i] for i in rows]
+    responses = [response_ids[i] for i in rows]
+    if any(len(r) == 0 for r in responses):
+        raise ValueError("a response has no token; generation always returns at least one")
+    length = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    t_max = max(len(r) for r in responses)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    labels = torch.full((len(rows), t_max + 1), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), t_max + 1), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(p + r)
+        attention_mask[i, :n] = 1
+        labels[i, 1:len(r) + 1] = torch.tensor(r)
+        # hidden state at len(p) - 1 + j predicts response token j; clamp the padding columns
+        positions[i] = torch.clamp(torch.arange(t_max + 1) + len(p) - 1, max=length - 1)
+    return MicroBatch(rows, input_ids.to(device), attention_mask.to(device), positions.to(device),
+                      labels.to(device))
+
+
+@dataclass
+class ForwardOutput:
+    logprobs: torch.Tensor            # (B, T) float32, 0 on padding
+    mask: torch.Tensor                # (B, T) bool
+    values: torch.Tensor | None       # (B, T) float32
+    entropy: torch.Tensor | None      # (B, T) float32, detached
+
+
+def forward_response(model, micro: MicroBatch, temperature: float, *, value_head: nn.Module | None = None,
+                     with_entropy: bool = False) -> ForwardOutput:
+    """Log-probs (and values, entropy) of the response tokens under ``softmax(logits / temperature)``.
+
+    The language-model head runs on the response positions only: the prompt's logits are never needed.
+    Equals scoring ``model(input_ids).logits`` for causal LMs whose head is a plain output projection
+    (Llama, Qwen, Mistral, ...; a test checks it).
+    """
+    base = _base_model(model)
+    hidden = base.get_decoder()(input_ids=micro.input_ids, attention_mask=micro.attention_mask,
+                                use_cache=False).last_hidden_state
+    index = micro.positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+    response_hidden = hidden.gather(1, index)                       # (B, T + 1, H)
+    logits = base.get_output_embeddings()(response_hidden)          # (B, T + 1, V)
+    logprobs, mask = sequence_logprobs(logits, micro.labels, temperature)
+    values = None
+    if value_head is not None:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):  # values in float32
+            values = value_head(response_hidden[:, :-1].float()).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            scaled = logits[:, :-1].float() / temperature
+            log_p = torch.log_softmax(scaled, dim=-1)
+            entropy = -(log_p.exp() * log_p).sum(-1).masked_fill(~mask, 0.0)
+    return ForwardOutput(logprobs, mask, values, entropy)
+
+
+def make_value_head(model) -> nn.Linear:
+    """``nn.Linear(hidden_size, 1)`` on the policy's last hidden state, zero-initialised (values start at
+    0 and the trunk receives no value gradient until the head has learnt something)."""
+    hidden = _base_model(model).config.hidden_size
+    head = nn.Linear(hidden, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head.to(next(model.parameters()).device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The rollout batch
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RolloutBatch:
+    """One step's responses on this process, with everything the update needs.
+
+    Per-token tensors are ``(n, T)`` over response tokens, right-padded, ``T`` the longest response
+    here. Row ``i`` is row ``global_offset + i`` of the step's batch over all processes; rows of one
+    prompt's group are contiguous.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    scores: torch.Tensor                          # (n,) sequence scores
+    group_size: int
+    global_offset: int = 0
+    old_logprobs: torch.Tensor | None = None      # rollout policy, adapters on
+    ref_logprobs: torch.Tensor | None = None      # reference policy, adapters off
+    old_values: torch.Tensor | None = None        # ppo only
+    entropy: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None        # ppo (n, T); grpo (n,)
+    returns: torch.Tensor | None = None           # ppo only
+
+    def __post_init__(self):
+        if not (len(self.prompt_ids) == len(self.response_ids) == len(self.scores)):
+            raise ValueError(f"RolloutBatch: {len(self.prompt_ids)} prompts, {len(self.response_ids)} responses "
+                             f"and {len(self.scores)} scores must be equally many")
+        if len(self.scores) % self.group_size:
+            raise ValueError(f"RolloutBatch: {len(self.scores)} rows do not split into groups of {self.group_size}")
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        lengths = torch.tensor([len(r) for r in self.response_ids])
+        width = int(lengths.max()) if len(lengths) else 0
+        return torch.arange(width)[None, :] < lengths[:, None]
+
+    def total_lengths(self) -> list[int]:
+        return [len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids)]
+
+
+def _micro_batches(batch: RolloutBatch, rows: list[int], size: int) -> list[list[int]]:
+    """Rows bucketed by length, longest first, ``size`` per micro-batch: padding stays small."""
+    lengths = batch.total_lengths()
+    ordered = sorted(rows, key=lambda i: (-lengths[i], i))
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def _put_rows(target: torch.Tensor, rows: list[int], values: torch.Tensor) -> None:
+    target[rows, :values.size(1)] = values.to(target.dtype).cpu()
+
+
+def _needs_policy_pass(cfg: RLVRConfig) -> bool:
+    """PPO needs the rollout policy's log-probs for its KL reward and values for GAE; GRPO only when
+    the policy changes between the rollout and a later minibatch or epoch."""
+    return cfg.algorithm == "ppo" or cfg.ppo_epochs > 1 or cfg.num_minibatches > 1
+
+
+@torch.no_grad()
+def score_rollout(cfg: RLVRConfig, model, batch: RolloutBatch, *, value_head: nn.Module | None = None,
+                  ref_model=None) -> RolloutBatch:
+    """The score pass: rollout-policy log-probs, values and entropy (adapters on) and reference
+    log-probs (adapters off, or ``ref_model``), computed once per rollout and kept in ``batch``."""
+    device = next(model.parameters()).device
+    pad_id = _pad_id(model)
+    n, width = len(batch), batch.response_mask.size(1)
+    need_policy, need_ref = _needs_policy_pass(cfg), cfg.beta > 0
+    if need_policy:
+        batch.old_logprobs = torch.zeros(n, width)
+        batch.entropy = torch.zeros(n, width)
+        if value_head is not None:
+            batch.old_values = torch.zeros(n, width)
+    if need_ref:
+        batch.ref_logprobs = torch.zeros(n, width)
+    was_training = model.training
+    model.eval()
+    try:
+        for rows in _micro_batches(batch, list(range(n)), cfg.per_device_batch):
+            micro = make_micro_batch(batch.prompt_ids, batch.response_ids, rows, pad_id, device)
+            with autocast(cfg, device):
+                if need_policy:
+                    out = forward_response(model, micro, cfg.temperature, value_head=value_head, with_entropy=True)
+                    _put_rows(batch.old_logprobs, rows, out.logprobs)
+                    _put_rows(batch.entropy, rows, out.entropy)
+                    if value_head is not None:
+                        _put_rows(batch.old_values, rows, out.values)
+                if need_ref:
+                    if ref_model is not None:
+                        ref = forward_response(ref_model, micro, cfg.temperature)
+                    else:
+                        with model.disable_adapter():
+                            ref = forward_response(model, micro, cfg.temperature)
+                    _put_rows(batch.ref_logprobs, rows, ref.logprobs)
+    finally:
+        model.train(was_training)
+    return batch
+
+
+def _pad_id(model) -> int:
+    pad = getattr(_base_model(model).config, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages
+# ----------------------------------------------------------------------------------------------
+
+
+def whiten_global(x: torch.Tensor, mask: torch.Tensor, world: World) -> torch.Tensor:
+    """:func:`tulu_lab.losses.whiten` with the mean and variance taken over every process's tokens."""
+    if world.size == 1:
+        return whiten(x, mask)
+    m = mask.to(x.dtype)
+    n = world.sum(m.sum())
+    mean = world.sum(masked_sum(x, mask)) / n.clamp(min=1.0)
+    var = world.sum(masked_sum((x - mean) ** 2, mask)) / (n - 1).clamp(min=1.0)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * m
+
+
+def compute_advantages(cfg: RLVRConfig, batch: RolloutBatch, world: World | None = None) -> RolloutBatch:
+    """PPO: per-token KL reward + score on the last token -> GAE -> whitening. GRPO: group-normalised."""
+    world = world or World()
+    if cfg.algorithm == "grpo":
+        batch.advantages = group_advantages(batch.scores, batch.group_size, cfg.advantage_eps)
+        return batch
+    mask = batch.response_mask
+    if batch.old_logprobs is None or batch.old_values is None:
+        raise ValueError("compute_advantages: PPO needs the score pass first (old log-probs and values)")
+    ref = batch.ref_logprobs if batch.ref_logprobs is not None else batch.old_logprobs  # beta 0: no KL
+    rewards = per_token_rewards(batch.scores, batch.old_logprobs, ref, mask, cfg.beta)
+    advantages, returns = gae(rewards, batch.old_values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten_global(advantages, mask, world)
+    batch.advantages, batch.returns = advantages, returns
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Update
+# ----------------------------------------------------------------------------------------------
+
+
+def _minibatch_rows(cfg: RLVRConfig, batch: RolloutBatch, step: int, epoch: int, world: World) -> list[list[int]]:
+    """This process's rows of each minibatch. The split is a permutation of the GLOBAL batch, so one
+    process and several processes put the same sequences in the same minibatch."""
+    n_local = len(batch)
+    n_global = n_local * world.size
+    if cfg.num_minibatches == 1:
+        return [list(range(n_local))]
+    generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, step, epoch, 11))
+    order = torch.randperm(n_global, generator=generator).tolist()
+    size = math.ceil(n_global / cfg.num_minibatches)
+    lo, hi = batch.global_offset, batch.global_offset + n_local
+    return [[g - lo for g in order[k:k + size] if lo <= g < hi] for k in range(0, n_global, size)]
+
+
+def _sync_gradients(params: list[torch.Tensor], world: World) -> None:
+    """Sum gradients over processes (one flat all-reduce). A parameter without gradient gets zeros,
+    so the optimiser steps exactly as if a zero-gradient backward pass had run."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world.size > 1:
+        flat = world.sum(torch.cat([p.grad.reshape(-1) for p in params]))
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+
+@dataclass
+class UpdateStats:
+    loss: float
+    policy_loss: float
+    value_loss: float | None
+    clip_ratio: float
+    value_clip_ratio: float | None
+    kl: float | None            # from the first epoch's forward (GRPO without a score pass)
+    entropy: float | None
+    trained_sequences: int      # sequences that went through forward + backward, per epoch, all processes
+    losses: list[float]         # the global loss of every optimiser step
+
+
+def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch: RolloutBatch, *,
+                value_head: nn.Module | None = None, step: int = 0, world: World | None = None,
+                params: list[torch.Tensor] | None = None) -> UpdateStats:
+    """``ppo_epochs`` x ``num_minibatches`` optimiser steps on a scored rollout batch with advantages.
+
+    Each micro-batch's loss is scaled to its share of the minibatch's GLOBAL normaliser (tokens for
+    "bnpo" and PPO, sequences for "grpo" / "dr_grpo"), gradients are summed over processes, then
+    clipped and applied. So the result does not depend on the micro-batch size, the bucketing, the
+    skipped zero-advantage sequences or the number of processes (up to float rounding).
+    """
+    world = world or World()
+    if batch.advantages is None:
+        raise ValueError("rlvr_update: compute_advantages first")
+    is_ppo = cfg.algorithm == "ppo"
+    if is_ppo and (value_head is None or batch.returns is None):
+        raise ValueError("rlvr_update: PPO needs a value head and returns")
+    if batch.old_logprobs is None and _needs_policy_pass(cfg):
+        raise ValueError("rlvr_update: this configuration needs the rollout log-probs (score_rollout)")
+    if cfg.beta > 0 and batch.ref_logprobs is None:
+        raise ValueError("rlvr_update: beta > 0 needs the reference log-probs (score_rollout)")
+    device = next(model.parameters()).device
+    pad_id = _pad_id(model)
+    params = params if params is not None else [p for p in model.parameters() if p.requires_grad] + (
+        [p for p in value_head.parameters()] if is_ppo else [])
+    mask_all = batch.response_mask
+    per_seq_adv = batch.advantages.dim() == 1
+    # beta 0: a zero advantage gives an exactly zero loss term and gradient
+    skippable = (not is_ppo and cfg.beta == 0 and per_seq_adv)
+    count_tokens = is_ppo or cfg.grpo_loss_type == "bnpo"
+
+    sums = {k: torch.zeros((), dtype=torch.float64) for k in
+            ("loss", "policy", "value", "clip", "vclip", "kl", "entropy", "tokens", "first_tokens", "trained")}
+    losses = []
+    model.train()
+    if value_head is not None:
+        value_head.train()
+    for epoch in range(cfg.ppo_epochs):
+        for rows in _minibatch_rows(cfg, batch, step, epoch, world):
+            # the global normaliser of this minibatch: its tokens (or sequences) on every process
+            local_tokens = int(mask_all[rows].sum()) if rows else 0
+            local_count = local_tokens if count_tokens else len(rows)
+            total = float(world.sum(torch.tensor(float(local_count))))
+            keep = [i for i in rows if not (skippable and float(batch.advantages[i]) == 0.0)]
+            step_loss = torch.zeros((), dtype=torch.float64)
+            for micro_rows in _micro_batches(batch, keep, cfg.per_device_batch):
+                micro = make_micro_batch(batch.prompt_ids, batch.response_ids, micro_rows, pad_id, device)
+                t = micro.response_len
+                mask = mask_all[micro_rows, :t].to(device)
+                n_tokens = float(mask.sum())
+                weight = (n_tokens if count_tokens else len(micro_rows)) / max(total, 1.0)
+                with autocast(cfg, device):
+                    out = forward_response(model, micro, cfg.temperature, value_head=value_head if is_ppo else None,
+                                           with_entropy=epoch == 0 and batch.entropy is None)
+                old = (batch.old_logprobs[micro_rows, :t].to(device) if batch.old_logprobs is not None
+                       else out.logprobs.detach())
+                adv = batch.advantages[micro_rows].to(device)
+                adv = adv if per_seq_adv else adv[:, :t]
+                if is_ppo:
+                    pg = ppo_policy_loss(out.logprobs, old, adv, mask, cfg.clip)
+                    vl = ppo_value_loss(out.values, batch.old_values[micro_rows, :t].to(device),
+                                        batch.returns[micro_rows, :t].to(device), mask, cfg.value_clip)
+                    loss = pg.loss + cfg.vf_coef * vl.loss
+                    policy_loss, clip_fraction = pg.loss.detach(), pg.clip_fraction
+                    sums["value"] += float(vl.loss) * weight
+                    sums["vclip"] += float(vl.clip_fraction) * n_tokens
+                else:
+                    ref = batch.ref_logprobs[micro_rows, :t].to(device) if batch.ref_logprobs is not None else None
+                    out_grpo = grpo_loss(out.logprobs, old, ref, adv, mask, cfg.beta, cfg.clip,
+                                         cfg.log_ratio_clamp, cfg.grpo_loss_type, cfg.kl_estimator,
+                                         max_completion_length=cfg.max_new_tokens)
+                    loss, policy_loss, clip_fraction = out_grpo.loss, out_grpo.policy_loss, out_grpo.clip_fraction
+                    if epoch == 0 and ref is not None:
+                        sums["kl"] += float(out_grpo.kl) * n_tokens
+                (loss * weight).backward()
+                step_loss += float(loss.detach()) * weight
+                sums["policy"] += float(policy_loss) * weight
+                sums["clip"] += float(clip_fraction) * n_tokens
+                sums["tokens"] += n_tokens
+                if epoch == 0:
+                    if out.entropy is not None:
+                        sums["entropy"] += float(masked_sum(out.entropy, mask))
+                    sums["first_tokens"] += n_tokens
+                    sums["trained"] += len(micro_rows)
+            _sync_gradients(params, world)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(world.sum(step_loss)))
+            sums["loss"] += step_loss
+    totals = {k: float(world.sum(v)) for k, v in sums.items()}
+    n_steps = cfg.ppo_epochs * cfg.num_minibatches
+    first_tokens = max(totals["first_tokens"], 1.0)
+    return UpdateStats(
+        loss=totals["loss"] / n_steps,
+        policy_loss=totals["policy"] / n_steps,
+        value_loss=totals["value"] / n_steps if is_ppo else None,
+        clip_ratio=totals["clip"] / max(totals["tokens"], 1.0),
+        value_clip_ratio=totals["vclip"] / max(totals["tokens"], 1.0) if is_ppo else None,
+        kl=totals["kl"] / first_tokens if (not is_ppo and batch.ref_logprobs is not None) else None,
+        entropy=totals["entropy"] / first_tokens if totals["first_tokens"] > 0 else None,
+        trained_sequences=int(totals["trained"]),
+        losses=losses,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollout and reward
+# ----------------------------------------------------------------------------------------------
+
+
+def rollout(cfg: RLVRConfig, model, tokenizer, rows: list[dict], prompt_texts: list[str], *, seed: int,
+            reward_model: RewardModel | None = None, global_offset: int = 0) -> tuple[RolloutBatch, dict]:
+    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts."""
+    device = next(model.parameters()).device
+    k = cfg.samples_per_prompt
+    with autocast(cfg, device):
+        generations = generate(model, tokenizer, prompt_texts, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, num_samples=k, seed=seed,
+                               batch_size=min(MAX_GENERATION_BATCH, max(len(prompt_texts) * k, 1)),
+                               progress=False)
+    correct = [_verify(rows[g.prompt_index], g.text) for g in generations]
+    stopped = [g.stopped for g in generations]
+    base_score = None
+    if reward_model is not None:
+        rm = reward_model([g.prompt for g in generations], [g.text for g in generations])
+        rm = _check_reward_model_output(rm, len(generations))
+        base_score = torch.tensor(rm, dtype=torch.float32) * cfg.reward_model_weight
+    scores = verifiable_score(torch.tensor(correct), torch.tensor(stopped), cfg.correct_reward,
+                              cfg.non_stop_penalty, base_score)
+    prompt_ids = [tokenizer(prompt_texts[g.prompt_index], add_special_tokens=False)["input_ids"] for g in generations]
+    batch = RolloutBatch(prompt_ids=prompt_ids, response_ids=[list(g.token_ids) for g in generations],
+                         scores=scores, group_size=k, global_offset=global_offset)
+    info = {"correct": correct, "stopped": stopped, "lengths": [len(g.token_ids) for g in generations],
+            "generations": generations}
+    return batch, info
+
+
+def _verify(row: dict, text: str) -> bool:
+    from tulu_lab.rewards import verify
+
+    return bool(verify(row["dataset"], text, row["ground_truth"]))
+
+
+def _check_reward_model_output(values, n: int) -> list[float]:
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"reward_model returned {len(values)} scores for {n} responses")
+    out = []
+    for i, v in enumerate(values):
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"reward_model returned a non-finite score {v} for response {i}")
+        out.append(v)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_accuracy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int,
+                      batch_size: int = 32, progress: bool = False) -> tuple[float, list[bool]]:
+    """Greedy accuracy on RLVR rows (verified by the row's verifier): (accuracy, correct per row)."""
+    rows = check_rlvr_rows(rows, "eval rows")
+    generations = generate(model, tokenizer, [r["messages"] for r in rows], max_new_tokens=max_new_tokens,
+                           temperature=0.0, batch_size=batch_size, progress=progress)
+    correct = [_verify(rows[g.prompt_index], g.text) for g in generations]
+    return sum(correct) / len(correct), correct
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_data: Sequence[dict] | None = None,
+               reward_model: RewardModel | None = None, resume: bool = True, progress: bool = True,
+               save_merged: bool = True) -> dict[str, Any]:
+    """Train ``model`` with RLVR (``cfg.algorithm``: "ppo" Tülu 3, "grpo" Tülu 3.1).
+
+    Args:
+        cfg: an :class:`RLVRConfig` (re-validated here). ``cfg.lora`` attaches adapters unless the
+            model already has them; the reference policy is the adapter-disabled network.
+        model, tokenizer: a causal LM (e.g. from ``tulu_lab.models.load_model``) and its tokenizer
+            (with a chat template; left padding).
+        data: RLVR rows ``{"messages", "ground_truth", "dataset"}``.
+        eval_data: optional held-out rows; greedy accuracy every ``cfg.eval_every`` steps and at the end
+            (``"eval/accuracy"`` in the metrics).
+        reward_model: optional ``(prompts, responses) -> list[float]``; its scores x
+            ``cfg.reward_model_weight`` are added to the verifiable reward (needs a weight > 0).
+        resume: continue from the newest checkpoint in ``cfg.output_dir``; False starts afresh and
+            deletes that folder's old checkpoints.
+        progress: a tqdm bar over steps (process 0 only).
+        save_merged: also write the merged model into ``output_dir/final`` (adapters are always saved).
+
+    Returns:
+        ``{"output_dir", "final_dir", "steps", "episodes", "metrics" (every step's record), "final"
+        (the last record), "eval_accuracy" (last held-out accuracy or None)}``. Metrics go to
+        ``cfg.metrics_path`` as JSONL, one line per step.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = dataclasses.replace(cfg)  # re-runs the config validation (fields may have been set after creation)
+    rows = check_rlvr_rows(data, "data")
+    eval_rows = check_rlvr_rows(eval_data, "eval_data") if eval_data is not None else None
+    if reward_model is not None and cfg.reward_model_weight == 0:
+        raise ValueError("train_rlvr: a reward_model was given but cfg.reward_model_weight is 0; "
+                         "set reward_model_weight > 0 (the paper's ablation) or drop the reward model")
+    if reward_model is None and cfg.reward_model_weight > 0:
+        raise ValueError(f"train_rlvr: cfg.reward_model_weight is {cfg.reward_model_weight} but no reward_model was given")
+
+    accelerator = make_accelerator(cfg)
+    world = World.from_accelerator(accelerator)
+    if world.size != cfg.num_processes:
+        raise ValueError(f"train_rlvr: running on {world.size} process(es) but cfg.num_processes = "
+                         f"{cfg.num_processes}; set num_processes={world.size}")
+    if cfg.prompts_per_step % world.size:
+        raise ValueError(f"train_rlvr: prompts_per_step = {cfg.prompts_per_step} is not divisible by the "
+                         f"{world.size} processes (each process samples whole groups)")
+    seed_everything(cfg.seed)
+
+    # ---- set-up: adapters, value head, reference, optimiser, resume ----
+    model = prepare_trainable(model, cfg).to(accelerator.device)
+    is_ppo = cfg.algorithm == "ppo"
+    value_head = make_value_head(model) if is_ppo else None
+    ref_model = None
+    if cfg.beta > 0 and not hasattr(model, "disable_adapter"):
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # full fine-tuning: a frozen copy
+    params = [p for p in model.parameters() if p.requires_grad] + (list(value_head.parameters()) if is_ppo else [])
+    if not params:
+        raise ValueError("train_rlvr: the model has no trainable parameter (set cfg.lora or unfreeze weights)")
+    optimizer = make_optimizer(params, cfg)
+    num_steps = cfg.num_steps
+    scheduler = make_scheduler(optimizer, cfg, num_steps)
+    log = MetricsLog(cfg.metrics_path, enabled=world.is_main)
+    if not resume and world.is_main:
+        for old in list_checkpoints(cfg.output_dir):
+            import shutil
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    extra = {"value_head": value_head} if is_ppo else None
+    start_step, _ = resume_or_start(cfg, model, optimizer, scheduler, log, extra_modules=extra, resume=resume)
+    if world.is_main:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        cfg.save_json(Path(cfg.output_dir) / "rlvr_config.json")
+
+    prompt_texts = [format_prompt(r["messages"], tokenizer) for r in rows]
+    prompt_lens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in prompt_texts]
+    usable = [i for i, n in enumerate(prompt_lens) if n <= cfg.max_prompt_len]
+    if not usable:
+        raise ValueError(f"train_rlvr: every prompt is longer than max_prompt_len = {cfg.max_prompt_len} tokens")
+    if len(usable) < len(rows) and world.is_main:
+        print(f"[tulu_lab] dropped {len(rows) - len(usable)} prompts longer than {cfg.max_prompt_len} tokens",
+              flush=True)
+    if is_ppo and cfg.value_model_init and world.is_main and start_step == 0:
+        print(f"[tulu_lab] value head: zero-initialised linear head on the policy (not {cfg.value_model_init})",
+              flush=True)
+
+    local_prompts = cfg.prompts_per_step // world.size
+    bar = tqdm(total=num_steps, initial=start_step, desc="rlvr", unit="step", disable=not (progress and world.is_main))
+    eval_accuracy = None
+    for step in range(start_step, num_steps):
+        timer = StepTimer()
+        learning_rate = scheduler.get_last_lr()[0]
+        # ---- 1. rollout + 2. reward ----
+        step_rows = _step_prompt_indices(len(usable), cfg.prompts_per_step, step, cfg.seed)
+        mine = [usable[i] for i in step_rows[world.rank * local_prompts:(world.rank + 1) * local_prompts]]
+        batch, info = rollout(cfg, model, tokenizer, [rows[i] for i in mine], [prompt_texts[i] for i in mine],
+                              seed=_derived_seed(cfg.seed, step, world.rank), reward_model=reward_model,
+                              global_offset=world.rank * local_prompts * cfg.samples_per_prompt)
+        generate_time = timer.lap()
+        # ---- 3. score pass + 4. advantages ----
+        score_rollout(cfg, model, batch, value_head=value_head, ref_model=ref_model)
+        compute_advantages(cfg, batch, world)
+        # ---- 5. update ----
+        stats = rlvr_update(cfg, model, optimizer, batch, value_head=value_head, step=step, world=world,
+                            params=params)
+        scheduler.step()
+        update_time = timer.lap()
+
+        record = _step_record(cfg, step, batch, info, stats, world, learning_rate)
+        if eval_rows is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == num_steps):
+            eval_accuracy = _distributed_accuracy(model, tokenizer, eval_rows, cfg, world)
+            record["eval/accuracy"] = eval_accuracy
+        record.update({"time/generate": generate_time, "time/update": update_time,
+                       "step_time": generate_time + update_time})
+        log.log(record)
+        bar.update(1)
+        bar.set_postfix(reward=f"{record['reward']:.2f}", acc=f"{record['accuracy']:.2f}",
+                        kl=f"{record['kl']:.3f}" if record["kl"] is not None else "-",
+                        len=f"{record['completions/mean_length']:.0f}")
+        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == num_steps:
+            if world.is_main:
+                save_checkpoint(cfg.output_dir, step + 1, model, optimizer, scheduler, {"step": step + 1},
+                                extra_modules=extra)
+            accelerator.wait_for_everyone()
+    bar.close()
+
+    history = log.read() if world.is_main else []
+    final = history[-1] if history else {}
+    if eval_accuracy is None and history:
+        evals = [r["eval/accuracy"] for r in history if r.get("eval/accuracy") is not None]
+        eval_accuracy = evals[-1] if evals else None
+    summary = {"steps": num_steps, "episodes": num_steps * cfg.rollout_batch, "final": final,
+               "eval_accuracy": eval_accuracy}
+    final_dir = None
+    if world.is_main:
+        final_dir = save_final(model, tokenizer, cfg.output_dir, cfg, summary, merged=save_merged)
+        if value_head is not None:
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in value_head.state_dict().items()},
+                      str(final_dir / "value_head.safetensors"))
+    accelerator.wait_for_everyone()
+    return {"output_dir": str(cfg.output_dir), "final_dir": str(final_dir) if final_dir else None,
+            "steps": num_steps, "episodes": num_steps * cfg.rollout_batch, "metrics": history, "final": final,
+            "eval_accuracy": eval_accuracy}
+
+
+def _distributed_accuracy(model, tokenizer, rows, cfg, world: World) -> float:
+    share = rows[world.rank::world.size]
+    correct = evaluate_accuracy(model, tokenizer, share, max_new_tokens=cfg.max_new_tokens,
+                                batch_size=MAX_GENERATION_BATCH)[1] if share else []
+    totals = world.sum(torch.tensor([float(sum(correct)), float(len(correct))]))
+    return float(totals[0] / totals[1])
+
+
+def _step_record(cfg, step, batch: RolloutBatch, info, stats: UpdateStats, world: World, learning_rate) -> dict:
+    """The step's metrics over every process (TRL GRPOTrainer names where one exists)."""
+    scores = batch.scores.double()
+    lengths = torch.tensor(info["lengths"], dtype=torch.float64)
+    k = batch.group_size
+    grouped = scores.view(-1, k)
+    zero_std = (grouped.max(1).values == grouped.min(1).values).double() if k > 1 else torch.zeros(0)
+    mask = batch.response_mask
+    sums = world.sum(torch.stack([
+        scores.sum(), (scores ** 2).sum(), torch.tensor(float(len(scores)), dtype=torch.float64),
+        torch.tensor(float(sum(info["correct"])), dtype=torch.float64), lengths.sum(),
+        torch.tensor(float(sum(not s for s in info["stopped"])), dtype=torch.float64),
+        zero_std.sum(), torch.tensor(float(len(zero_std)), dtype=torch.float64),
+    ]))
+    total, total_sq, n, n_correct, total_len, n_clipped, n_zero_std, n_groups = sums.tolist()
+    mean = total / n
+    std = math.sqrt(max(total_sq - n * mean ** 2, 0.0) / (n - 1)) if n > 1 else 0.0
+    kl = stats.kl
+    entropy = stats.entropy
+    if batch.old_logprobs is not None:  # the score pass saw every sequence: use it
+        if batch.ref_logprobs is not None:
+            per_token = kl_estimate(batch.old_logprobs, batch.ref_logprobs, cfg.kl_estimator)
+            kl_sum = world.sum(torch.stack([masked_sum(per_token, mask).double(), mask.sum().double()]))
+            kl = float(kl_sum[0] / kl_sum[1].clamp(min=1))
+        ent = world.sum(torch.stack([masked_sum(batch.entropy, mask).double(), mask.sum().double()]))
+        entropy = float(ent[0] / ent[1].clamp(min=1))
+    record = {
+        "step": step + 1,
+        "episodes": (step + 1) * cfg.rollout_batch,
+        "reward": mean,
+        "reward_std": std,
+        "accuracy": n_correct / n,
+        "kl": kl,
+        "entropy": entropy,
+        "completions/mean_length": total_len / n,
+        "completions/clipped_ratio": n_clipped / n,
+        "frac_reward_zero_std": n_zero_std / n_groups if n_groups else None,
+        "clip_ratio": stats.clip_ratio,
+        "loss": stats.loss,
+        "policy_loss": stats.policy_loss,
+        "learning_rate": learning_rate,
+        "trained_sequences": stats.trained_sequences,
+    }
+    if cfg.algorithm == "ppo":
+        record["value_loss"] = stats.value_loss
+        record["value_clip_ratio"] = stats.value_clip_ratio
+    return record
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The JSONL metrics a run wrote (``cfg.metrics_path``)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+__all__ = [
+    "MicroBatch", "RolloutBatch", "UpdateStats", "World", "check_rlvr_rows", "compute_advantages",
+    "evaluate_accuracy", "forward_response", "make_micro_batch", "make_value_head", "read_metrics",
+    "rlvr_update", "rollout", "score_rollout", "train_rlvr", "whiten_global",
+]
