@@ -1,0 +1,439 @@
+"""Direct preference optimisation, the second stage of Tülu 3 (paper section 5): length-normalised DPO.
+
+    summary = train_dpo(DPOConfig.cpu_preset(max_steps=60), model, tokenizer, pairs)
+    preference_accuracy(summary["model"], tokenizer, held_out_pairs, beta=5.0, loss_type="dpo_norm")
+
+A pair is ``{"chosen": messages, "rejected": messages}``: two conversations with the same prompt (every
+message but the last) and different final assistant answers. Read top to bottom: encode the pairs,
+compute the reference log-probs (once, before training, when ``cache_reference``), then for every
+optimiser step run this process's micro-batches (chosen and rejected in one forward pass), take the
+DPO loss from ``losses.dpo_loss``, accumulate, clip, step, log and checkpoint; at the end write
+``output_dir/final`` with the LoRA adapters merged in.
+
+The reference policy
+--------------------
+* With LoRA (the CPU preset) the reference is the SAME network with its adapters disabled
+  (``with model.disable_adapter():``): the model the adapters were attached to, i.e. the SFT model
+  when DPO starts from SFT's merged ``final`` folder. No second copy of the weights exists.
+* Full fine-tuning (``cfg.lora is None``) with ``cache_reference=True`` computes the reference
+  log-probs with the model itself before its first update, so no copy is needed either.
+  With ``cache_reference=False`` a frozen deep copy of the starting model is kept as the reference
+  (twice the weight memory; on one process or under DDP only: a copy of a sharded FSDP/DeepSpeed
+  model is refused, use the cache there).
+
+Metrics (one JSON line per optimiser step, TRL's names): ``loss``, ``rewards/chosen``,
+``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
+``logps/rejected`` (summed response log-probs), ``learning_rate``, ``tokens``, ``step_time``,
+``epoch``, ``step``; each averaged over the global batch.
+
+Where this departs from the paper / open-instruct
+-------------------------------------------------
+* LoRA/QLoRA with the adapter-free network as reference; the paper trained every weight against a
+  separate frozen SFT model.
+* The loss of each micro-batch is the mean over its pairs; accelerate divides by the accumulation
+  steps and data parallelism averages over processes, so the update is that of the mean over the
+  global batch (micro-batches have equal size here: the last incomplete global batch of an epoch is
+  skipped, and each epoch is a fresh permutation drawn from (seed, epoch)).
+* ``max_steps``, when set, overrides ``epochs``. Dropout RNG is reseeded every step from
+  (seed, step, process) so that resuming is exact.
+* A pair whose chosen or rejected response is cut away entirely by ``max_seq_len`` is dropped and
+  counted (``dropped_pairs``). Every assistant turn is scored, as in open-instruct's encoding; with a
+  shared multi-turn history the earlier turns cancel between chosen and rejected for "dpo" and
+  nearly so for "dpo_norm".
+* The reference cache is recomputed at the start of every call (also on resume) rather than stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import torch
+
+from tulu_lab.chat import encode_sft_example, pad_batch, validate_messages
+from tulu_lab.config import DPOConfig
+from tulu_lab.losses import dpo_loss, logprob_sum, sequence_logprobs
+from tulu_lab.training import (
+    MetricsLog,
+    StepTimer,
+    autocast,
+    check_model_matches,
+    check_processes,
+    epoch_order,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    prepare_trainable,
+    remove_checkpoints,
+    resume_or_start,
+    save_checkpoint,
+    save_final,
+    seed_everything,
+    seed_step,
+    step_micro_batches,
+    trainable_parameters,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: preference pairs -> (chosen, rejected) token ids with assistant-only labels
+# --------------------------------------------------------------------------------------------------
+
+def encode_preference_data(pairs: Sequence[dict], tokenizer, max_seq_len: int) -> tuple[list[tuple[dict, dict]], int]:
+    """Encode ``[{"chosen": messages, "rejected": messages}, ...]``; returns (encoded pairs, number dropped).
+
+    Malformed pairs raise ValueError naming the pair index and field: both conversations must be
+    valid, end with an assistant message and share every message before it.
+    """
+    if isinstance(pairs, (str, bytes, dict)) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a list of {{'chosen': [...], 'rejected': [...]}} rows, got {type(pairs).__name__}")
+    if len(pairs) == 0:
+        raise ValueError("pairs is empty: DPO needs at least one {'chosen': [...], 'rejected': [...]} pair")
+    encoded, dropped = [], 0
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict):
+            raise ValueError(f"pairs[{i}]: expected a dict with 'chosen' and 'rejected', got {pair!r:.80}")
+        for field in ("chosen", "rejected"):
+            if field not in pair:
+                raise ValueError(f"pairs[{i}]: missing field {field!r} (a list of messages)")
+            validate_messages(pair[field], where=f"pairs[{i}][{field!r}]")
+            if pair[field][-1]["role"] != "assistant":
+                raise ValueError(f"pairs[{i}][{field!r}]: the last message must be the assistant's answer, "
+                                 f"got role {pair[field][-1]['role']!r}")
+        if list(pair["chosen"][:-1]) != list(pair["rejected"][:-1]):
+            raise ValueError(f"pairs[{i}]: 'chosen' and 'rejected' must share the prompt "
+                             f"(every message before the final assistant answer)")
+        chosen = encode_sft_example(pair["chosen"], tokenizer, max_seq_len)
+        rejected = encode_sft_example(pair["rejected"], tokenizer, max_seq_len)
+        if chosen["has_labels"] and rejected["has_labels"]:
+            encoded.append((chosen, rejected))
+        else:
+            dropped += 1
+    return encoded, dropped
+
+
+def _pair_batch(encoded: list[tuple[dict, dict]], indices: Sequence[int], pad_id: int, device) -> dict:
+    """One padded batch: the chosen sequences of ``indices`` first, then their rejected sequences."""
+    rows = [encoded[i][0] for i in indices] + [encoded[i][1] for i in indices]
+    return {k: v.to(device) for k, v in pad_batch(rows, pad_id, side="right").items()}
+
+
+def _summed_logps(model, batch: dict, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed response log-probs, response lengths) of every row of ``batch``."""
+    device = batch["input_ids"].device
+    with autocast(cfg, device):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logps, mask = sequence_logprobs(logits, batch["labels"])
+    return logprob_sum(logps, mask), mask.sum(-1)
+
+
+class _Reference:
+    """The reference policy: the adapter-free network, or a frozen copy for full fine-tuning."""
+
+    def __init__(self, model, accelerator, copy_model=None):
+        self.model = model                      # the (possibly wrapped) training model
+        self.unwrapped = accelerator.unwrap_model(model)
+        self.copy = copy_model
+
+    @torch.no_grad()
+    def logps(self, batch: dict, cfg) -> torch.Tensor:
+        if self.copy is not None:
+            return _summed_logps(self.copy, batch, cfg)[0]
+        was_training = self.unwrapped.training
+        self.unwrapped.eval()  # no dropout in the reference
+        try:
+            if hasattr(self.unwrapped, "disable_adapter"):
+                with self.unwrapped.disable_adapter():
+                    return _summed_logps(self.model, batch, cfg)[0]
+            # full fine-tuning before the first update: the model is its own reference
+            return _summed_logps(self.model, batch, cfg)[0]
+        finally:
+            self.unwrapped.train(was_training)
+
+
+def reference_cache(reference: _Reference, encoded, cfg, accelerator, pad_id: int, *,
+                    progress: bool = True) -> torch.Tensor:
+    """``(n_pairs, 2)`` summed reference log-probs (chosen, rejected), computed in one pass.
+
+    Each process scores every ``num_processes``-th pair (all in lockstep, equal counts, so sharded
+    models can run their collectives), then the results are gathered to every process.
+    """
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    n, world, rank = len(encoded), accelerator.num_processes, accelerator.process_index
+    mine = list(range(rank, n, world))
+    per_process = -(-n // world)
+    mine += mine[-1:] * (per_process - len(mine))  # pad by repeating: identical work counts
+    results: list[tuple[int, float, float]] = []
+    batches = [mine[i:i + cfg.per_device_batch] for i in range(0, len(mine), cfg.per_device_batch)]
+    for indices in tqdm(batches, desc="reference log-probs", unit="batch",
+                        disable=not (progress and accelerator.is_main_process)):
+        sums = reference.logps(_pair_batch(encoded, indices, pad_id, accelerator.device), cfg).float().cpu()
+        k = len(indices)
+        results += [(i, float(sums[j]), float(sums[k + j])) for j, i in enumerate(indices)]
+    if world > 1:
+        results = gather_object(results)
+    cache = torch.full((n, 2), float("nan"), dtype=torch.float64)
+    for i, chosen, rejected in results:
+        cache[i, 0], cache[i, 1] = chosen, rejected
+    if torch.isnan(cache).any():
+        raise RuntimeError("reference cache: some pairs were not scored")
+    return cache
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------
+
+def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume: bool = True,
+              progress: bool = True, cache_reference: bool = True) -> dict[str, Any]:
+    """DPO / length-normalised DPO (``cfg.loss_type``: "dpo_norm", Tülu 3's, or "dpo").
+
+    Args:
+        cfg: the run's settings (``DPOConfig.for_scale(...)`` or ``DPOConfig.cpu_preset(...)``).
+        model: the starting policy (the SFT model) from ``tulu_lab.models.load_model``; LoRA adapters
+            from ``cfg.lora`` are attached unless it already has them. The reference is this network
+            with adapters disabled (LoRA), or see the module docstring for full fine-tuning.
+        tokenizer: its tokenizer.
+        pairs: ``[{"chosen": messages, "rejected": messages}, ...]`` sharing the prompt.
+        resume: continue from the newest checkpoint in ``cfg.output_dir``; False deletes earlier
+            checkpoints there and starts afresh.
+        progress: show tqdm bars (main process only).
+        cache_reference: compute every reference log-prob once before training (open-instruct's
+            dpo_tune_cache) instead of a reference forward pass per micro-batch; same loss.
+
+    Returns:
+        A summary dict: ``final_loss``, ``final_accuracy`` (rewards/accuracies of the last step),
+        ``steps``, ``start_step``, ``steps_per_epoch``, ``pairs``, ``dropped_pairs``,
+        ``effective_batch``, ``wall_time_s``, ``output_dir``, ``final_dir``, ``metrics_path`` and
+        ``model`` (the trained model object; left out of summary.json).
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(cfg, DPOConfig):
+        raise TypeError(f"cfg must be a DPOConfig, got {type(cfg).__name__}")
+    started = time.perf_counter()
+    accelerator = make_accelerator(cfg)
+    check_processes(cfg, accelerator)
+    check_model_matches(cfg, model)
+    rank = accelerator.process_index
+
+    # ---- data ----
+    encoded, dropped = encode_preference_data(pairs, tokenizer, cfg.max_seq_len)
+    if dropped and accelerator.is_main_process:
+        print(f"[tulu_lab] DPO: dropped {dropped} of {len(pairs)} pairs whose chosen or rejected answer "
+              f"was cut away by max_seq_len={cfg.max_seq_len}", flush=True)
+    steps_per_epoch = len(encoded) // cfg.effective_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"DPO: {len(encoded)} usable pairs ({dropped} dropped) cannot fill one optimiser step "
+                         f"of effective_batch={cfg.effective_batch}; add pairs or lower the batch")
+    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    # ---- model and reference ----
+    seed_everything(cfg.seed)  # LoRA initialisation: the same on every process and in every run
+    reference_copy = None
+    if cfg.lora is None and not cache_reference:
+        if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            raise ValueError("full-weight DPO without cache_reference keeps a frozen copy of the model, which is "
+                             "not supported under FSDP/DeepSpeed; use cache_reference=True or LoRA")
+        reference_copy = copy.deepcopy(model).to(accelerator.device).eval().requires_grad_(False)
+        if cfg.precision != "bf16":
+            reference_copy = reference_copy.float()
+    model = prepare_trainable(model, cfg)
+    model.train()
+    optimizer = make_optimizer(trainable_parameters(model), cfg)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped by hand
+    unwrapped = accelerator.unwrap_model(model)
+    device = accelerator.device
+    reference = _Reference(model, accelerator, reference_copy)
+
+    # Reference log-probs BEFORE loading a checkpoint: for full fine-tuning the untouched starting
+    # weights are the reference (with LoRA the adapters are disabled, so the order does not matter).
+    cache = reference_cache(reference, encoded, cfg, accelerator, pad_id, progress=progress) if cache_reference else None
+
+    log = MetricsLog(cfg.metrics_path, enabled=accelerator.is_main_process)
+    if not resume and accelerator.is_main_process:
+        remove_checkpoints(cfg.output_dir)
+    accelerator.wait_for_everyone()
+    start_step, _ = resume_or_start(cfg, unwrapped, optimizer, scheduler, log, resume=resume)
+
+    # ---- optimiser steps ----
+    bar = tqdm(total=total_steps, initial=start_step, desc="DPO", unit="step",
+               disable=not (progress and accelerator.is_main_process))
+    last_record: dict[str, Any] | None = None
+    order_epoch, order = -1, []
+    for step in range(start_step, total_steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(encoded), cfg.seed, epoch)
+        seed_step(cfg.seed, step, rank)
+        timer = StepTimer()
+        learning_rate = scheduler.get_last_lr()[0]
+        # sums over pairs of: loss, chosen reward, rejected reward, accuracy, chosen logp, rejected
+        # logp; then pair count and non-padding tokens (summed over processes below)
+        totals = torch.zeros(8, dtype=torch.float64)
+
+        for micro in step_micro_batches(order, position, cfg.per_device_batch, cfg.gradient_accumulation,
+                                        cfg.num_processes, rank):
+            batch = _pair_batch(encoded, micro, pad_id, device)
+            k = len(micro)
+            if cache is not None:
+                ref = cache[micro].to(device=device, dtype=torch.float32)
+                ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
+            else:
+                ref_sums = reference.logps(batch, cfg)
+                ref_chosen, ref_rejected = ref_sums[:k], ref_sums[k:]
+            with accelerator.accumulate(model):
+                sums, lengths = _summed_logps(model, batch, cfg)
+                out = dpo_loss(sums[:k], sums[k:], ref_chosen, ref_rejected, cfg.beta, loss_type=cfg.loss_type,
+                               chosen_lengths=lengths[:k], rejected_lengths=lengths[k:])
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    if cfg.grad_clip is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            totals += torch.tensor([
+                float(out.losses.detach().sum()), float(out.chosen_rewards.sum()), float(out.rejected_rewards.sum()),
+                float((out.chosen_rewards > out.rejected_rewards).float().sum()),
+                float(sums[:k].detach().sum()), float(sums[k:].detach().sum()),
+                k, float(batch["attention_mask"].sum())], dtype=torch.float64)
+
+        totals = accelerator.reduce(totals.to(device), reduction="sum").cpu()
+        n_pairs = float(totals[6])
+        record = {
+            "step": step + 1,
+            "epoch": (step + 1) / steps_per_epoch,
+            "loss": float(totals[0]) / n_pairs,
+            "rewards/chosen": float(totals[1]) / n_pairs,
+            "rewards/rejected": float(totals[2]) / n_pairs,
+            "rewards/margins": float(totals[1] - totals[2]) / n_pairs,
+            "rewards/accuracies": float(totals[3]) / n_pairs,
+            "logps/chosen": float(totals[4]) / n_pairs,
+            "logps/rejected": float(totals[5]) / n_pairs,
+            "learning_rate": learning_rate,
+            "tokens": int(totals[7]),
+            "step_time": timer.lap(),
+        }
+        log.log(record)
+        last_record = record
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
+
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(cfg.output_dir, step + 1, unwrapped, optimizer, scheduler,
+                                loop_state={"epoch": epoch, "position_in_epoch": position + 1})
+            accelerator.wait_for_everyone()
+    bar.close()
+
+    # ---- the result ----
+    if last_record is None:
+        records = log.read()
+        last_record = records[-1] if records else {}
+    summary = {
+        "stage": "dpo",
+        "loss_type": cfg.loss_type,
+        "beta": cfg.beta,
+        "final_loss": last_record.get("loss"),
+        "final_accuracy": last_record.get("rewards/accuracies"),
+        "steps": total_steps,
+        "start_step": start_step,
+        "steps_per_epoch": steps_per_epoch,
+        "pairs": len(encoded),
+        "dropped_pairs": dropped,
+        "effective_batch": cfg.effective_batch,
+        "cache_reference": cache_reference,
+        "wall_time_s": time.perf_counter() - started,
+        "output_dir": str(cfg.output_dir),
+        "final_dir": str(Path(cfg.output_dir) / "final"),
+        "metrics_path": str(cfg.metrics_path),
+    }
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final(unwrapped, tokenizer, cfg.output_dir, cfg, summary)
+    accelerator.wait_for_everyone()
+    unwrapped.eval()
+    return {**summary, "model": unwrapped}
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring: held-out preference accuracy
+# --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def pair_logprobs(model, tokenizer, pairs: Sequence[dict], *, max_seq_len: int = 2048, batch_size: int = 8,
+                  disable_adapters: bool = False, precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """Summed response log-probs and lengths of every pair under ``model`` (eval mode, no gradient).
+
+    ``disable_adapters`` scores with the LoRA adapters switched off (the DPO reference). Pairs cut
+    away entirely by ``max_seq_len`` raise an error here (an evaluation must score every pair).
+    Returns ``{"chosen", "rejected", "chosen_lengths", "rejected_lengths"}``, each ``(n_pairs,)``.
+    """
+    encoded, dropped = encode_preference_data(pairs, tokenizer, max_seq_len)
+    if dropped:
+        raise ValueError(f"{dropped} pairs have no response token left after truncation to "
+                         f"max_seq_len={max_seq_len}; raise max_seq_len")
+    if disable_adapters and not hasattr(model, "disable_adapter"):
+        raise ValueError("disable_adapters=True needs a model with LoRA adapters (a peft PeftModel)")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    precision_cfg = SimpleNamespace(precision=precision)  # what training.autocast reads
+    was_training = model.training
+    model.eval()
+    chosen, rejected, chosen_len, rejected_len = [], [], [], []
+    try:
+        for start in range(0, len(encoded), batch_size):
+            indices = list(range(start, min(start + batch_size, len(encoded))))
+            batch = _pair_batch(encoded, indices, pad_id, device)
+            if disable_adapters:
+                with model.disable_adapter():
+                    sums, lengths = _summed_logps(model, batch, precision_cfg)
+            else:
+                sums, lengths = _summed_logps(model, batch, precision_cfg)
+            k = len(indices)
+            chosen.append(sums[:k].float().cpu())
+            rejected.append(sums[k:].float().cpu())
+            chosen_len.append(lengths[:k].cpu())
+            rejected_len.append(lengths[k:].cpu())
+    finally:
+        model.train(was_training)
+    return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected),
+            "chosen_lengths": torch.cat(chosen_len), "rejected_lengths": torch.cat(rejected_len)}
+
+
+def preference_accuracy(model, tokenizer, pairs: Sequence[dict], beta: float, loss_type: str = "dpo_norm", *,
+                        reference_model=None, max_seq_len: int = 2048, batch_size: int = 8,
+                        precision: str = "fp32") -> float:
+    """Fraction of pairs whose implicit reward margin is > 0 (ties count as wrong).
+
+    The implicit reward is ``beta * (logp_policy - logp_ref)`` of each response (per-token means for
+    "dpo_norm", sums for "dpo"); the reference is ``model`` with its LoRA adapters disabled, or
+    ``reference_model`` when given (full fine-tuning). A policy whose adapters are still at their
+    initialisation (LoRA B = 0) equals its reference: every margin is 0 and the accuracy is 0.
+    """
+    from tulu_lab.losses import DPO_LOSS_TYPES
+
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {list(DPO_LOSS_TYPES)}, got {loss_type!r}")
+    if reference_model is None and not hasattr(model, "disable_adapter"):
+        raise ValueError("preference_accuracy: the model has no LoRA adapters to disable; "
+                         "pass reference_model= (the starting model) for a fully fine-tuned policy")
+    options = dict(max_seq_len=max_seq_len, batch_size=batch_size, precision=precision)
+    policy = pair_logprobs(model, tokenizer, pairs, **options)
+    if reference_model is not None:
+        ref = pair_logprobs(reference_model, tokenizer, pairs, **options)
+    else:
+        ref = pair_logprobs(model, tokenizer, pairs, disable_adapters=True, **options)
+    out = dpo_loss(policy["chosen"], policy["rejected"], ref["chosen"], ref["rejected"], beta,
+                   loss_type=loss_type, chosen_lengths=policy["chosen_lengths"],
+                   rejected_lengths=policy["rejected_lengths"])
+    return float((out.margins > 0).float().mean())
