@@ -35,7 +35,8 @@ def test_notebooks_are_committed_without_outputs():
         assert notebook["metadata"].get("kernelspec", {}).get("name") == "python3", path.name
         with_outputs = [i for i, c in enumerate(notebook["cells"]) if c["cell_type"] == "code" and c.get("outputs")]
         assert not with_outputs, f"{path.name}: code cells {with_outputs} carry outputs"
-        assert notebook["cells"][0]["cell_type"] == "markdown" and notebook["cells"][0]["source"].startswith("# ")
+        first = notebook["cells"][0]
+        assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# "), path.name
 
 
 @pytest.mark.slow
