@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 __all__ = ["extract_gsm8k_answer", "gsm8k_gold_answer", "verify_gsm8k"]
 
@@ -31,6 +31,7 @@ _NUMBER_RE = re.compile(
 )
 # lm-evaluation-harness gsm8k "strict-match" filter.
 _STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+_PLAIN_NUMBER_RE = re.compile(r"[-−+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _FINAL_TURN_MARKER = "<|assistant|>\n"
 
 
@@ -63,18 +64,18 @@ def extract_gsm8k_answer(text: str, mode: str = "flexible") -> str | None:
 @functools.lru_cache(maxsize=65536)
 def gsm8k_gold_answer(ground_truth: str) -> Decimal:
     """The numeric answer of a GSM8K ground truth: a number, or a solution ending in "#### N"."""
+    if isinstance(ground_truth, (int, float)) and not isinstance(ground_truth, bool):
+        ground_truth = str(ground_truth)
+    if not isinstance(ground_truth, str):
+        raise ValueError(f"gsm8k ground_truth must be a string, got {type(ground_truth).__name__}")
     text = ground_truth.rsplit("####", 1)[-1] if "####" in ground_truth else ground_truth
     cleaned = text.strip().replace(",", "").replace("$", "").rstrip(".")
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        value = None
-    if value is None or not value.is_finite():
+    if not _PLAIN_NUMBER_RE.fullmatch(cleaned):
         raise ValueError(
             f"gsm8k ground_truth must be a number or a solution ending in '#### <number>', "
             f"got {ground_truth!r}"
         )
-    return value
+    return Decimal(cleaned.replace("−", "-"))
 
 
 def verify_gsm8k(response: str, ground_truth: str) -> bool:

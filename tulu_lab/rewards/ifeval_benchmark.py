@@ -110,25 +110,85 @@ def _nth_paragraph_first_word(value: str, kw: dict) -> bool:
     return count == kw["num_paragraphs"] and first_word == kw["first_word"].lower()
 
 
+def _count_lazy_brackets(value: str) -> int:
+    """len(re.findall(r"\\[.*?\\]", value)) in linear time.
+
+    The regex is quadratic on "[[[[..." (every "[" scans to the end of its line). A "[" whose line
+    has no later "]" fails, and so does every later "[" on that line, so skip to the next line.
+    """
+    count, position = 0, 0
+    while True:
+        start = value.find("[", position)
+        if start < 0:
+            return count
+        line_end = value.find("\n", start)
+        line_end = len(value) if line_end < 0 else line_end
+        close = value.find("]", start + 1, line_end)
+        if close < 0:
+            position = line_end + 1
+        else:
+            count += 1
+            position = close + 1
+
+
 def _number_placeholders(value: str, kw: dict) -> bool:
-    return len(re.findall(r"\[.*?\]", value)) >= kw["num_placeholders"]
+    return _count_lazy_brackets(value) >= kw["num_placeholders"]
 
 
 def _postscript(value: str, kw: dict) -> bool:
+    # IFEval: re.findall(r"\s*" + marker_pattern + r".*$", value.lower(), re.M). The "\s*" prefix
+    # and ".*$" suffix always match, so this is a search for the marker pattern alone (and the
+    # search stays linear where the findall was quadratic on long runs of spaces).
     marker = kw["postscript_marker"].strip()
     if marker == "P.P.S":
-        pattern = r"\s*p\.\s?p\.\s?s.*$"
+        pattern = r"p\.\s?p\.\s?s"
     elif marker == "P.S.":
-        pattern = r"\s*p\.\s?s\..*$"
+        pattern = r"p\.\s?s\."
     else:
-        pattern = r"\s*" + re.escape(marker.lower()) + r".*$"
-    return bool(re.findall(pattern, value.lower(), flags=re.MULTILINE))
+        pattern = re.escape(marker.lower())
+    return re.search(pattern, value.lower()) is not None
+
+
+def _count_official_bullets(value: str) -> int:
+    """IFEval's bullet count, in linear time.
+
+    IFEval counts re.findall(r"^\\s*\\*[^\\*].*$", value, re.M) plus re.findall(r"^\\s*-.*$", ...).
+    "\\s*" also crosses line breaks, which makes those regexes quadratic on long blank runs. Here
+    each line start skips whitespace (line breaks included) to the first visible character, exactly
+    as the regex does; a line start swallowed by an earlier match or skip is not tried again.
+    """
+    total = 0
+    for bullet in ("*", "-"):
+        position, length = 0, len(value)
+        line_start = 0
+        while line_start <= length:
+            if line_start >= position:
+                visible = line_start
+                while visible < length and value[visible].isspace():
+                    visible += 1
+                if bullet == "*":
+                    matched = (
+                        visible + 1 < length and value[visible] == "*" and value[visible + 1] != "*"
+                    )
+                    rest = visible + 2
+                else:
+                    matched = visible < length and value[visible] == "-"
+                    rest = visible + 1
+                if matched:
+                    total += 1
+                    line_end = value.find("\n", min(rest, length))
+                    position = length if line_end < 0 else line_end
+                else:
+                    position = visible  # any line start before `visible` reaches it too
+            next_break = value.find("\n", max(line_start, position))
+            if next_break < 0:
+                break
+            line_start = next_break + 1
+    return total
 
 
 def _number_bullet_lists(value: str, kw: dict) -> bool:
-    stars = re.findall(r"^\s*\*[^\*].*$", value, flags=re.MULTILINE)
-    dashes = re.findall(r"^\s*-.*$", value, flags=re.MULTILINE)
-    return len(stars) + len(dashes) == kw["num_bullets"]
+    return _count_official_bullets(value) == kw["num_bullets"]
 
 
 def _constrained_response(value: str, kw: dict) -> bool:
@@ -161,7 +221,14 @@ def _json_format(value: str, kw: dict) -> bool:
 
 
 def _title(value: str, kw: dict) -> bool:
-    return any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", value))
+    # IFEval: any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", value)).
+    # On one line the greedy regex matches at most once: from the first "<<" to the last ">>"
+    # (with at least one character between). Checked line by line, in linear time.
+    for line in value.split("\n"):
+        start, end = line.find("<<"), line.rfind(">>")
+        if start >= 0 and end >= start + 3 and line[start : end + 2].lstrip("<").rstrip(">").strip():
+            return True
+    return False
 
 
 def _two_responses(value: str, kw: dict) -> bool:

@@ -210,12 +210,13 @@ def verify_postscript(text: str, postscript_marker: str) -> bool:
     return last is not None and bool(text[last.end() :].strip(" \t\n*_:.-"))
 
 
-_PLACEHOLDER_RE = re.compile(r"\[[^\[\]\n]*[^\[\]\s][^\[\]\n]*\]")
+_PLACEHOLDER_RE = re.compile(r"\[([^\[\]\n]*)\]")
 
 
 def validate_placeholders(text: str, N: int) -> bool:
     """At least N non-empty square-bracket placeholders such as [address]."""
-    return len(_PLACEHOLDER_RE.findall(text)) >= _positive_int("N", N)
+    filled = [p for p in _PLACEHOLDER_RE.findall(text) if p.strip()]
+    return len(filled) >= _positive_int("N", N)
 
 
 _BULLET_RE = re.compile(r"^[ \t]*[*-][ \t]+(.*)$", re.MULTILINE)
@@ -227,12 +228,12 @@ def verify_bullet_points(text: str, N: int) -> bool:
     return len(bullets) == _positive_int("N", N)
 
 
-_TITLE_RE = re.compile(r"<<([^\n]+?)>>")
+_TITLE_RE = re.compile(r"<<([^<>\n]+)>>")
 
 
 def validate_title(text: str) -> bool:
     """A non-empty title in double angular brackets, such as <<poem of joy>>."""
-    return any(t.strip("<> \t") for t in _TITLE_RE.findall(text))
+    return any(t.strip() for t in _TITLE_RE.findall(text))
 
 
 def validate_choice(text: str, options: list[str] | str) -> bool:

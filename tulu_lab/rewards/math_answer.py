@@ -12,7 +12,8 @@ stripping), or if math-verify finds the two expressions mathematically equal ("\
 Safety and time: model text is never evaluated. The string stage uses linear-time scans only;
 the symbolic stage runs in a worker process that is killed when ``timeout_s`` (measured from
 the start of the call) runs out, so every call returns within about ``timeout_s`` seconds, from
-any thread, whatever the input. Candidates longer than ``MAX_SYMBOLIC_CHARS`` skip the symbolic
+any thread, whatever the input. The worker's start-up (importing sympy) counts against that time:
+call ``start_symbolic_worker(wait=True)`` before an evaluation. Candidates longer than ``MAX_SYMBOLIC_CHARS`` skip the symbolic
 stage (MATH answers are short; long ones are prose, not expressions).
 
 Departure from Tülu 3's code: its normaliser stripped "ft" out of "\\left" and replaced substrings
@@ -145,6 +146,7 @@ _DEGREES_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°")
 _SPACING_RE = re.compile(r"\\[,;:! ]|~")
 _ELLIPSIS_RE = re.compile(r"\\l?dots(?![A-Za-z])")
 _AND_RE = re.compile(r"(?<![A-Za-z\\])and(?![A-Za-z])")
+_REPEATED_COMMAS_RE = re.compile(r",{2,}")
 _FRAC_TWO_TOKENS_RE = re.compile(r"\\frac([0-9A-Za-z])([0-9A-Za-z])")
 _FRAC_FIRST_TOKEN_RE = re.compile(r"\\frac([0-9A-Za-z])\{")
 _FRAC_SECOND_TOKEN_RE = re.compile(r"\\frac\{([^{}]*)\}([0-9A-Za-z])")
@@ -193,7 +195,7 @@ def normalize_math_answer(answer: str) -> str:
     s = _SPACING_RE.sub("", s)
     s = _ELLIPSIS_RE.sub("", s)
     s = _AND_RE.sub(",", s)
-    s = "".join(s.split())
+    s = _REPEATED_COMMAS_RE.sub(",", "".join(s.split()))
     if s.count("=") == 1:
         left, right = s.split("=")
         if len(left) <= 2:

@@ -56,7 +56,7 @@ def make_verifiable_reward(correct: float = 10.0, incorrect: float = 0.0) -> Cal
         return _scores(completions, ground_truth, dataset, correct, incorrect)
 
     verifiable_reward.__name__ = f"verifiable_reward_{correct:g}"  # TRL logs rewards by name
-    start_symbolic_worker()  # so that the first MATH batch does not wait for sympy to import
+    start_symbolic_worker(wait=True)  # so that no MATH answer is judged while sympy imports
     return verifiable_reward
 
 
