@@ -12,9 +12,10 @@ stripping), or if math-verify finds the two expressions mathematically equal ("\
 Safety and time: model text is never evaluated. The string stage uses linear-time scans only;
 the symbolic stage runs in a worker process that is killed when ``timeout_s`` (measured from
 the start of the call) runs out, so every call returns within about ``timeout_s`` seconds, from
-any thread, whatever the input. The worker's start-up (importing sympy) counts against that time:
-call ``start_symbolic_worker(wait=True)`` before an evaluation. Candidates longer than ``MAX_SYMBOLIC_CHARS`` skip the symbolic
-stage (MATH answers are short; long ones are prose, not expressions).
+any thread, whatever the input. The worker's start-up (importing sympy) counts against that
+time: call ``start_symbolic_worker(wait=True)`` before an evaluation. On a busy CPU a slow but
+legitimate comparison can also run out of time and count as wrong. Candidates longer than
+``MAX_SYMBOLIC_CHARS`` skip the symbolic stage (MATH answers are short; long ones are prose).
 
 Departure from Tülu 3's code: its normaliser stripped "ft" out of "\\left" and replaced substrings
 such as "a " anywhere; here units and words are removed only as whole words.

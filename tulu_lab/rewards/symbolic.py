@@ -15,6 +15,7 @@ question. A question asked while no worker is ready yet is answered False.
 
 One active worker serves the whole process; calls from several threads take turns (waiting for
 the turn counts against each caller's deadline). A process created by fork starts its own workers.
+POSIX only (``select`` on pipes).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ gold answer. It never evaluates text as Python; math-verify parses LaTeX into sy
 The parent enforces the time limit by killing this process, which works even when sympy is
 stuck inside C code (a huge integer power) where a signal could not interrupt it. Time-outs
 inside math-verify are therefore switched off here (they rely on SIGALRM). The address space is
-capped so that a runaway expression raises MemoryError instead of exhausting the machine.
+capped so that a runaway expression raises MemoryError instead of exhausting the machine. When
+the parent exits, stdin closes and the worker ends after its current comparison.
 """
 
 import json

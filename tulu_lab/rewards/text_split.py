@@ -12,8 +12,9 @@ closely enough for verification:
   sentence, and a period does not end one after a common abbreviation ("Dr.", "e.g.", "U.S."),
   a single-letter initial ("J. Smith"), inside a number ("3.14"), or when a lower-case word
   follows a number ("in 3. the"). As in Punkt, a list marker such as "2." before a capitalised
-  word is a sentence of its own, so "1. Mix.\n2. Bake." has four sentences. Limits: Punkt learns abbreviations from data; words missing
-  from ``ABBREVIATIONS`` split where Punkt might not, so counts can differ by one on such text.
+  word is a sentence of its own, so "1. Mix.\\n2. Bake." has four sentences; closing quotes and
+  brackets after a sentence end stay with that sentence. Limits: Punkt learns abbreviations from
+  data; words missing from ``ABBREVIATIONS`` split where Punkt might not.
 - ``word_tokens``: words with inner hyphens kept whole ("COVID-19"), and English contractions
   split off as NLTK's Treebank tokenizer does ("DON'T" -> "DO", "N'T"; "LIFE'S" -> "LIFE", "'S"),
   as used for counting all-capital words.
