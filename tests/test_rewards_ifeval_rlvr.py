@@ -127,6 +127,7 @@ def test_dict_ground_truth_is_accepted():
         ('{"func_name": "validate_no_commas", "N": 3}', "unexpected \\['N'\\]"),
         ('{"func_name": "validate_word_constraint", "N": 3, "quantifier": "roughly"}', "quantifier"),
         ('{"func_name": "validate_placeholders", "N": "three"}', "argument N"),
+        ('{"func_name": "validate_word_constraint", "N": 3, "quantifier": 1}', "argument quantifier"),
         ('{"func_name": "verify_letter_frequency", "letter": "ab", "N": 1}', "single character"),
         ('{"func_name": "validate_paragraphs", "N": 2, "first_word": "a", "i": 0}', "1-based"),
         ('{"func_name": "validate_choice", "options": 5}', "list of strings"),

@@ -51,6 +51,8 @@ def test_completion_text_joins_assistant_messages_only():
     messages = [{"role": "assistant", "content": "a"}, {"role": "tool", "content": "x"}, {"role": "assistant", "content": "b"}]
     assert completion_text(messages) == "ab"
     assert completion_text("plain") == "plain"
+    parts = [{"role": "assistant", "content": [{"type": "text", "text": "x = "}, {"type": "text", "text": "5"}]}]
+    assert completion_text(parts) == "x = 5"
     with pytest.raises(ValueError, match="completion"):
         completion_text(42)
 

@@ -84,6 +84,8 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _compare(actual: int, target: int, quantifier: str, around_tolerance: int) -> bool:
+    if not isinstance(quantifier, str):
+        raise ValueError(f"argument quantifier must be a string such as 'at least', got {quantifier!r}")
     quantifier = quantifier.strip().lower()
     if quantifier == "at least":
         return actual >= target

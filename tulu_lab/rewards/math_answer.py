@@ -256,11 +256,11 @@ def verify_math(response: str, ground_truth: str, timeout_s: float = DEFAULT_TIM
     symbolic_inputs = [
         # An extracted answer is LaTeX math: wrap it so math-verify reads it as such. The whole
         # response is passed as is, for math-verify to find the expression in.
-        c if c == whole_text else "$" + c.replace("$", "") + "$"
+        c if c == whole_text else "$" + c.strip().strip("$") + "$"
         for c in candidates
         if 0 < len(c) <= MAX_SYMBOLIC_CHARS
     ]
     remaining = timeout_s - (time.monotonic() - started)
     if not symbolic_inputs or remaining <= 0:
         return False
-    return symbolic_equal("$" + gold.replace("$", "") + "$", symbolic_inputs, remaining)
+    return symbolic_equal("$" + gold.strip("$") + "$", symbolic_inputs, remaining)

@@ -26,11 +26,20 @@ def completion_text(completion: Any) -> str:
         completion = [completion]
     if isinstance(completion, (list, tuple)) and all(isinstance(m, dict) for m in completion):
         return "".join(
-            str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant"
+            _content_text(m.get("content")) for m in completion if m.get("role", "assistant") == "assistant"
         )
     raise ValueError(
         f"a completion must be a string or a list of message dicts, got {type(completion).__name__}"
     )
+
+
+def _content_text(content: Any) -> str:
+    """A message's content: a string, or the text parts of a list [{"type": "text", "text": ...}]."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content)
 
 
 def _scores(completions, ground_truth, dataset, correct: float, incorrect: float) -> list[float]:
