@@ -113,6 +113,7 @@ def test_probe_with_tiny_models_click_wait_read(tiny):
     # the same model, settings and seed give the same samples in both columns
     assert [s.text for s in results["SFT"]] == [s.text for s in results["DPO"]]
     assert "run 1 done: 2 model(s)" in probe.status.value
+    assert "What is 3 + 4?" in probe.shown_prompt.value
     assert probe.progress.value == 2 and not probe.button.disabled
     frame = probe.results_frame()
     assert list(frame["model"]) == ["SFT", "SFT", "DPO", "DPO"]
@@ -139,6 +140,8 @@ def test_probe_example_sets_prompt_and_verifier_and_scores():
     assert "RLVR reward -10 (no EOS: penalty)" in probe.columns["no EOS"].value
     probe.select_example(2)  # the IFEval one switches the verifier
     assert probe.dataset.value == "ifeval"
+    probe.prompt.value = "Say hello in French."  # an edited prompt is a free prompt: no verifier
+    assert (probe.example.value, probe.dataset.value, probe.ground_truth.value) == (-1, "none", "")
 
 
 def test_probe_error_shows_in_error_area_and_others_still_run(tiny):

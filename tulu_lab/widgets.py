@@ -295,11 +295,14 @@ class PromptProbe:
             column.add_class("tulu-probe-column")
         self.error.add_class("tulu-probe-error")
         self.status.add_class("tulu-probe-status")
+        self.shown_prompt = W.HTML(value="")
+        self.shown_prompt.add_class("tulu-probe-prompt")
         self.outputs = W.HBox([W.Box([c], layout=W.Layout(flex="1 1 0", min_width="0", padding="0 6px",
                                                            border="1px solid #ddd"))
                                for c in self.columns.values()], layout=wide)
 
         self.example.observe(self._on_example, names="value")
+        self.prompt.observe(self._on_prompt_edit, names="value")
         self.button.on_click(self._on_click)
         controls = W.VBox([
             W.HBox([self.temperature, self.top_p]),
@@ -308,7 +311,8 @@ class PromptProbe:
         ])
         self.widget = W.VBox([self.example, self.prompt, controls,
                               W.HBox([self.button, self.progress, self.status]),
-                              self.error, W.HTML(logprob_legend()), self.outputs], layout=wide)
+                              self.error, W.HTML(logprob_legend()), self.shown_prompt, self.outputs],
+                             layout=wide)
 
     # -- display ---------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
@@ -321,6 +325,13 @@ class PromptProbe:
             self.prompt.value = example["prompt"]
             self.ground_truth.value = example["ground_truth"]
             self.dataset.value = example["dataset"]
+
+    def _on_prompt_edit(self, change):
+        # An edited example is a new prompt: its ground truth and verifier no longer apply.
+        index = self.example.value
+        if index is not None and index >= 0 and change["new"] != self.examples[index]["prompt"]:
+            self.example.value = -1
+            self.dataset.value, self.ground_truth.value = NO_VERIFIER, ""
 
     def select_example(self, which: int | str) -> dict:
         """Pick an example by position or by (the start of) its label; returns it."""
@@ -399,6 +410,8 @@ class PromptProbe:
             dataset = NO_VERIFIER
         settings = self._settings()
         messages = [{"role": "user", "content": prompt}]
+        self.shown_prompt.value = (f"<div style='font-size:12px'><b>run {self.runs} prompt:</b> "
+                                   f"{html.escape(_shorten(prompt, 300))}</div>")
 
         self.button.disabled = True
         self.progress.max, self.progress.value, self.progress.bar_style = len(self.backends), 0, "info"
@@ -465,7 +478,7 @@ class PromptProbe:
     def _samples_html(samples: list[ProbeSample]) -> str:
         if not samples:
             return "<i>no samples</i>"
-        parts = []
+        parts = [f"<small>{len(samples)} sample(s) in {samples[0].seconds:.1f} s</small>"]
         scored = [s for s in samples if s.reward is not None]
         if len(samples) > 1 and scored:
             accuracy = sum(bool(s.correct) for s in scored) / len(scored)
@@ -474,7 +487,7 @@ class PromptProbe:
         for s in samples:
             ending = "ended on EOS" if s.stopped else f"no EOS ({s.finish_reason})"
             n = len(s.logprobs) or len(s.tokens)
-            head = f"sample {s.sample + 1} · {n} tokens · {ending} · {s.seconds:.1f} s"
+            head = f"sample {s.sample + 1} · {n} tokens · {ending}"
             verdict = ""
             if s.reward is not None:
                 colour = "#117733" if s.correct else "#b00"
