@@ -263,3 +263,17 @@ def test_explorer_rejects_unusable_frames():
         AblationExplorer(sweep_frame(), metrics=["nope"])
     frame = pd.DataFrame({"step": np.arange(3), "algorithm": ["ppo"] * 3, "reward": [1.0, 2.0, 3.0]})
     assert AblationExplorer(frame).grid == ["algorithm"]
+
+
+def test_explorer_reads_a_sweep_table():
+    """The layout of tulu_lab.sweep.sweep_table: axes, seed, cell, step, episodes, metrics, final."""
+    frame = sweep_frame().drop(columns=["learning_rate"])
+    frame.insert(2, "cell", [f"beta={b}_seed={s}" for b, s in zip(frame["beta"], frame["seed"])])
+    frame["episodes"] = frame["step"] * 16
+    frame["eval/accuracy"] = frame["accuracy"] / 2
+    frame["final"] = frame["step"] == 5
+    explorer = AblationExplorer(frame)
+    assert explorer.grid == ["beta", "seed", "cell"] and "final" not in explorer.metrics
+    assert explorer.x.value == "episodes" and "eval/accuracy" in explorer.metrics
+    explorer.color_by.value = "cell"
+    assert len(legend_labels(explorer.figure)) == 6

@@ -448,7 +448,9 @@ class PromptProbe:
         for i, g in enumerate(generations):
             correct = reward = None
             if dataset != NO_VERIFIER:
-                from tulu_lab.rewards import verify
+                from tulu_lab.rewards import start_symbolic_worker, verify
+                if dataset == "math":  # judge no answer while sympy is still being imported
+                    start_symbolic_worker(wait=True)
                 try:
                     correct = bool(verify(dataset, g.text, truth))
                 except ValueError as err:  # e.g. a malformed ground truth: say so, keep the text
@@ -557,7 +559,7 @@ class AblationExplorer:
             kl, completions/mean_length, accuracy, ...).
         x, metrics, grid: override the guesses (x: first of episodes/step/epoch present; grid: text
             columns and numeric columns with at most 12 values whose name does not look like a
-            metric; metrics: the remaining numeric columns).
+            metric; metrics: the remaining numeric columns; true/false columns are neither).
         color_by: the grid column that colours the lines (default beta if present).
 
     Lines are means over the rows that share a colour value and an x value (seeds, and any other
@@ -579,9 +581,10 @@ class AblationExplorer:
                 raise ValueError(f"AblationExplorer: x={name!r} is not a column ({columns})")
         if not x_options:
             raise ValueError(f"AblationExplorer: no x column; expected one of {X_CANDIDATES} or x=..., got {columns}")
-        numeric = [c for c in columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+        flags = [c for c in columns if pd.api.types.is_bool_dtype(df[c])]  # e.g. the sweep table's "final"
+        numeric = [c for c in columns if pd.api.types.is_numeric_dtype(df[c]) and c not in flags]
         if grid is None:
-            grid = [c for c in columns if c not in X_CANDIDATES and (
+            grid = [c for c in columns if c not in X_CANDIDATES and c not in flags and (
                 c not in numeric or (df[c].nunique() <= MAX_GRID_VALUES and not _looks_like_metric(c)))]
         if metrics is None:
             metrics = [c for c in numeric if c not in grid and c not in X_CANDIDATES]
