@@ -170,6 +170,12 @@ def test_probe_bad_inputs_are_reported_in_the_widget():
     assert results["m"][0].reward is None and "m verifier" in probe.error.value
 
 
+def test_probe_controls_start_at_the_given_settings():
+    probe = PromptProbe({"m": ScriptedBackend("a")}, max_new_tokens=2048, num_samples=16, temperature=2.0, seed=7)
+    assert (probe.max_new_tokens.value, probe.num_samples.value, probe.temperature.value, probe.seed.value) == \
+        (2048, 16, 2.0, 7)
+
+
 def test_probe_rejects_bad_arguments():
     with pytest.raises(ValueError, match="non-empty dict"):
         PromptProbe({})

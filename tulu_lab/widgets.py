@@ -280,11 +280,13 @@ class PromptProbe:
                                  layout=W.Layout(width="100%", height="90px"))
         self.dataset = W.Dropdown(options=list(VERIFIER_CHOICES), value=NO_VERIFIER, description="verifier")
         self.ground_truth = W.Text(value="", description="ground truth", placeholder="answer the verifier expects")
-        self.temperature = W.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.05, description="temperature")
+        self.temperature = W.FloatSlider(value=temperature, min=0.0, max=max(1.5, temperature), step=0.05,
+                                         description="temperature")
         self.top_p = W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top-p")
-        self.max_new_tokens = W.IntSlider(value=max_new_tokens, min=1, max=1024, step=1, description="max tokens")
+        self.max_new_tokens = W.IntSlider(value=max_new_tokens, min=1, max=max(1024, max_new_tokens), step=1,
+                                          description="max tokens")
         self.seed = W.IntText(value=seed, description="seed")
-        self.num_samples = W.IntSlider(value=num_samples, min=1, max=8, description="samples")
+        self.num_samples = W.IntSlider(value=num_samples, min=1, max=max(8, num_samples), description="samples")
         self.button = W.Button(description="Generate", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=len(self.backends), description="", bar_style="info")
         self.status = W.HTML(value="ready")
