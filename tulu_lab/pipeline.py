@@ -1,0 +1,331 @@
+"""The embedded recipe end to end: SFT -> DPO -> RLVR on SmolLM2-135M with synthetic verifiable data.
+
+Each stage function trains once, writes ``runs/recipe/<stage>/final`` (a merged checkpoint that
+``load_model`` reads) and returns that folder; called again it finds the folder and returns at once,
+so the notebooks re-run fast and a later notebook picks up what an earlier one saved. An interrupted
+stage resumes from its last checkpoint. ``TULU_LAB_SMOKE=1`` (``paths.smoke()``) makes every stage a
+few steps long and writes to ``runs/smoke/`` instead, so a quick pass never masks a full run.
+
+    from tulu_lab import pipeline
+    sft_dir = pipeline.run_sft()          # ~10 min on 2 CPU cores
+    dpo_dir = pipeline.run_dpo()          # from the SFT model
+    rlvr_dir = pipeline.run_rlvr()        # from the DPO model, ~20 min
+    pipeline.heldout_table()              # held-out accuracy of every stage, greedy
+
+The data: one seeded draw of synthetic word problems at the generator's default difficulty, split
+into training problems and 400 held-out test problems that no stage ever trains on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tulu_lab import paths
+
+BASE_MODEL = "smollm2-135m"
+STAGES = ("instruct", "sft", "dpo", "rlvr")
+ANSWER_LINE = re.compile(r"^#### -?[\d,]*\.?\d+\s*$")
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """Sizes of the embedded recipe (full run, and the smoke run used by CI and first looks)."""
+    seed: int = 0
+    n_train: int = 3000            # training problems (SFT, preference pairs and RLVR prompts come from these)
+    n_test: int = 400              # held-out problems, never trained on
+    sft_steps: int = 150           # batch 8: 1,200 demonstrations
+    dpo_steps: int = 60            # 8 pairs per step: 480 pairs
+    dpo_heldout_pairs: int = 200   # preference accuracy is measured on pairs built from test problems
+    rlvr_steps: int = 60           # 2 prompts x 8 samples per step
+    rlvr_beta: float = 0.04
+    max_new_tokens: int = 96       # responses to 1-2-step problems take 30-70 tokens
+
+
+FULL = RecipeSettings()
+SMOKE = RecipeSettings(n_train=64, n_test=16, sft_steps=2, dpo_steps=2, dpo_heldout_pairs=8, rlvr_steps=2,
+                       max_new_tokens=32)
+
+
+def settings(smoke: bool | None = None) -> RecipeSettings:
+    return SMOKE if (paths.smoke() if smoke is None else smoke) else FULL
+
+
+def stage_dir(stage: str, smoke: bool | None = None) -> Path:
+    """``runs/recipe/<stage>`` (``runs/smoke/<stage>`` in smoke mode)."""
+    return paths.runs_dir() / ("smoke" if (paths.smoke() if smoke is None else smoke) else "recipe") / stage
+
+
+def _finished(stage: str, smoke: bool | None) -> Path | None:
+    """The stage's final folder if it was trained with the current recipe settings (else None)."""
+    final = stage_dir(stage, smoke) / "final"
+    marker = stage_dir(stage, smoke) / "recipe.json"
+    if not ((final / "summary.json").is_file() and (final / "config.json").is_file() and marker.is_file()):
+        return None
+    return final if json.loads(marker.read_text()) == asdict(settings(smoke)) else None
+
+
+def _mark_finished(stage: str, smoke: bool | None) -> None:
+    """Record the settings the stage was trained with; earlier held-out results are now stale."""
+    for stale in ("heldout.json", "heldout_preference.json"):
+        (stage_dir(stage, smoke) / stale).unlink(missing_ok=True)
+    (stage_dir(stage, smoke) / "recipe.json").write_text(json.dumps(asdict(settings(smoke)), indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+def embedded_data(smoke: bool | None = None) -> dict[str, list]:
+    """Training and held-out rows for every stage, from one seeded split (deterministic)."""
+    from tulu_lab.data import make_splits, preference_row, rlvr_row, sft_row
+
+    s = settings(smoke)
+    train, test = make_splits(s.n_train, s.n_test, seed=s.seed)
+    third = len(train) // 3
+    # Disjoint thirds: SFT demonstrations, DPO pairs and RLVR prompts each see problems of their own.
+    return {
+        "train_problems": train, "test_problems": test,
+        "sft": [sft_row(p) for p in train[:third]],
+        "dpo": [preference_row(p, seed=s.seed) for p in train[third:2 * third]],
+        "rlvr": [rlvr_row(p) for p in train[2 * third:]],
+        "test_rlvr": [rlvr_row(p) for p in test],
+        "test_pairs": [preference_row(p, seed=s.seed + 1) for p in test[:s.dpo_heldout_pairs]],
+    }
+
+
+def read_metrics(stage: str, smoke: bool | None = None):
+    """The stage's per-step training metrics (``runs/recipe/<stage>/metrics.jsonl``) as a DataFrame."""
+    import pandas as pd
+
+    path = stage_dir(stage, smoke) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics for stage {stage!r} at {path}: run pipeline.run_{stage}() first")
+    return pd.read_json(path, lines=True)
+
+
+def load_stage(stage: str, smoke: bool | None = None, **kwargs):
+    """(model, tokenizer) of a stage ("instruct" is the untouched embedded model), Tülu template installed."""
+    from tulu_lab.chat import install_tulu_template
+    from tulu_lab.models import load_model
+
+    if stage == "instruct":
+        model, tokenizer = load_model(BASE_MODEL, **kwargs)
+    else:
+        final = _finished(stage, smoke)
+        if final is None:
+            raise FileNotFoundError(f"stage {stage!r} has not been run yet: no {stage_dir(stage, smoke) / 'final'} "
+                                    f"(run pipeline.run_{stage}() or its notebook first)")
+        model, tokenizer = load_model(final, **kwargs)
+    install_tulu_template(tokenizer)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+
+def run_sft(smoke: bool | None = None, force: bool = False, **overrides: Any) -> Path:
+    """LoRA SFT of the instruct model on worked solutions (CPU preset); returns the merged final folder."""
+    from tulu_lab.config import SFTConfig
+    from tulu_lab.sft import train_sft
+
+    if not force and (done := _finished("sft", smoke)):
+        return done
+    s = settings(smoke)
+    cfg = SFTConfig.cpu_preset(output_dir=str(stage_dir("sft", smoke)), max_steps=s.sft_steps, seed=s.seed,
+                               checkpoint_every=max(1, s.sft_steps // 5), **overrides)
+    model, tokenizer = load_stage("instruct", smoke)
+    summary = train_sft(cfg, model, tokenizer, embedded_data(smoke)["sft"])
+    _mark_finished("sft", smoke)
+    return Path(summary["final_dir"])
+
+
+def run_dpo(smoke: bool | None = None, force: bool = False, **overrides: Any) -> Path:
+    """LoRA dpo_norm from the SFT model on synthetic preference pairs; returns the merged final folder."""
+    from tulu_lab.config import DPOConfig
+    from tulu_lab.dpo import train_dpo
+
+    if not force and (done := _finished("dpo", smoke)):
+        return done
+    s = settings(smoke)
+    run_sft(smoke)
+    cfg = DPOConfig.cpu_preset(output_dir=str(stage_dir("dpo", smoke)), max_steps=s.dpo_steps, seed=s.seed,
+                               checkpoint_every=max(1, s.dpo_steps // 5), **overrides)
+    model, tokenizer = load_stage("sft", smoke)
+    summary = train_dpo(cfg, model, tokenizer, embedded_data(smoke)["dpo"])
+    _mark_finished("dpo", smoke)
+    return Path(summary["final_dir"])
+
+
+def rlvr_config(smoke: bool | None = None, **overrides: Any):
+    """The RLVR settings of the embedded recipe (GRPO CPU preset, the recipe's length and step budget)."""
+    from tulu_lab.config import RLVRConfig
+
+    s = settings(smoke)
+    values = dict(output_dir=str(stage_dir("rlvr", smoke)), max_steps=s.rlvr_steps, total_episodes=None,
+                  seed=s.seed, beta=s.rlvr_beta, max_new_tokens=s.max_new_tokens,
+                  checkpoint_every=max(1, s.rlvr_steps // 6), eval_every=0)
+    values.update(overrides)
+    return RLVRConfig.cpu_preset(**values)
+
+
+def run_rlvr(smoke: bool | None = None, force: bool = False, start: str = "dpo", **overrides: Any) -> Path:
+    """GRPO with verifiable rewards from the DPO model (LoRA; reference = adapters disabled)."""
+    from tulu_lab.rlvr import train_rlvr
+
+    if not force and (done := _finished("rlvr", smoke)):
+        return done
+    {"sft": run_sft, "dpo": run_dpo}[start](smoke)
+    cfg = rlvr_config(smoke, **overrides)
+    model, tokenizer = load_stage(start, smoke)
+    summary = train_rlvr(cfg, model, tokenizer, embedded_data(smoke)["rlvr"])
+    _mark_finished("rlvr", smoke)
+    return Path(summary["final_dir"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out measurements (cached beside each stage's checkpoint)
+# ----------------------------------------------------------------------------------------------
+
+def ends_in_answer_format(text: str) -> bool:
+    """The response's last non-empty line is "#### N", the format the synthetic solutions teach."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return bool(lines) and bool(ANSWER_LINE.match(lines[-1].strip()))
+
+
+def heldout_results(stage: str, smoke: bool | None = None, force: bool = False) -> dict[str, Any]:
+    """Greedy answers of ``stage`` on the held-out problems: accuracy, format rate, per-example verdicts."""
+    from tulu_lab.generate import generate
+    from tulu_lab.rewards import verify
+
+    cache = stage_dir(stage, smoke) / "heldout.json"
+    if cache.is_file() and not force:
+        return json.loads(cache.read_text())
+    s = settings(smoke)
+    rows = embedded_data(smoke)["test_rlvr"]
+    model, tokenizer = load_stage(stage, smoke)
+    generations = generate(model, tokenizer, [r["messages"] for r in rows], max_new_tokens=s.max_new_tokens,
+                           temperature=0.0, batch_size=32)
+    correct = [verify(r["dataset"], g.text, r["ground_truth"]) for r, g in zip(rows, generations)]
+    formatted = [ends_in_answer_format(g.text) for g in generations]
+    result = {"stage": stage, "n": len(rows), "accuracy": sum(correct) / len(rows),
+              "format_rate": sum(formatted) / len(rows), "correct": correct, "formatted": formatted,
+              "max_new_tokens": s.max_new_tokens, "examples": [g.text for g in generations[:5]]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result))
+    return result
+
+
+def heldout_preference_accuracy(stage: str = "dpo", smoke: bool | None = None) -> float:
+    """Held-out DPO preference accuracy (implicit reward margin > 0; reference = the SFT model)."""
+    from tulu_lab.config import DPOConfig
+    from tulu_lab.dpo import preference_accuracy
+    from tulu_lab.models import load_model
+
+    cache = stage_dir(stage, smoke) / "heldout_preference.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["accuracy"]
+    cfg = DPOConfig.cpu_preset()
+    # The SFT model with the DPO adapters on top: adapters disabled, it is exactly the DPO reference.
+    policy, tokenizer = load_model(_finished("sft", smoke), lora=str(stage_dir(stage, smoke) / "final" / "adapter"))
+    accuracy = preference_accuracy(policy, tokenizer, embedded_data(smoke)["test_pairs"], beta=cfg.beta,
+                                   loss_type=cfg.loss_type, max_seq_len=cfg.max_seq_len)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"stage": stage, "accuracy": accuracy}))
+    return accuracy
+
+
+def heldout_table(stages=STAGES, smoke: bool | None = None):
+    """Accuracy and answer-format rate per stage on the held-out problems, as a tidy DataFrame."""
+    import pandas as pd
+
+    rows = []
+    for stage in stages:
+        if stage != "instruct" and _finished(stage, smoke) is None:
+            continue
+        r = heldout_results(stage, smoke)
+        for metric in ("accuracy", "format_rate"):
+            rows.append({"model": "SmolLM2-135M (embedded)", "stage": stage, "benchmark": "synthetic GSM (held-out)",
+                         "metric": metric, "value": r[metric], "n": r["n"],
+                         "stderr": (r[metric] * (1 - r[metric]) / r["n"]) ** 0.5})
+    return pd.DataFrame(rows)
+
+
+def rlvr_gain(before: str = "dpo", after: str = "rlvr", smoke: bool | None = None) -> dict[str, Any]:
+    """Held-out accuracy before and after RLVR with McNemar's exact test on the paired verdicts."""
+    from tulu_lab.stats import discordant_counts, mcnemar
+
+    a, b = heldout_results(before, smoke), heldout_results(after, smoke)
+    only_before, only_after = discordant_counts(a["correct"], b["correct"])
+    return {"before": a["accuracy"], "after": b["accuracy"], "gain_points": 100 * (b["accuracy"] - a["accuracy"]),
+            "n": a["n"], "only_before": only_before, "only_after": only_after,
+            "mcnemar_p": mcnemar(a["correct"], b["correct"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# The beta x seed ablation and the stage evaluations
+# ----------------------------------------------------------------------------------------------
+
+ABLATION_BETAS = (0.0, 0.04, 0.2)
+ABLATION_SEEDS = (1, 2)
+
+
+def run_ablation(smoke: bool | None = None, betas=ABLATION_BETAS, seeds=ABLATION_SEEDS, steps: int | None = None):
+    """RLVR from the DPO model for every beta x seed (run_sweep: resumable, finished cells skipped).
+
+    Each cell is a shorter run than the main RLVR stage and ends with held-out accuracy on the first
+    100 test problems. Returns the sweep's tidy table (also ``runs/recipe/sweep/results.csv``).
+    """
+    from tulu_lab.sweep import run_sweep
+
+    smoke_on = paths.smoke() if smoke is None else smoke
+    s = settings(smoke)
+    steps = steps or (2 if smoke_on else 20)
+    dpo_dir = run_dpo(smoke)
+    data = embedded_data(smoke)
+    base = rlvr_config(smoke, max_steps=steps, checkpoint_every=max(1, steps // 4))
+
+    def loader(source):
+        from tulu_lab.chat import install_tulu_template
+        from tulu_lab.models import load_model
+        model, tokenizer = load_model(source, verbose=False)
+        install_tulu_template(tokenizer)
+        return model, tokenizer
+
+    return run_sweep(base, {"beta": list(betas)}, seeds=list(seeds), data=data["rlvr"],
+                     eval_data=data["test_rlvr"][: min(100, s.n_test)], model_loader=loader, model=str(dpo_dir),
+                     output_dir=stage_dir("sweep", smoke))
+
+
+def evaluate_stages(benchmarks=("gsm8k", "ifeval"), data_dir: str | Path | None = None, smoke: bool | None = None,
+                    stages=STAGES, limit: int | None = None):
+    """The workbench's benchmark evaluation of every finished stage (results cached in runs/eval/).
+
+    CPU budgets: GSM8K 8-shot CoT with 192 new tokens on the first 100 test problems, IFEval with 256
+    new tokens on the first 100 prompts (smoke: 4 examples, 16 tokens). ``data_dir`` holds
+    ``gsm8k/test.jsonl`` and ``ifeval/input_data.jsonl``; without it the Hugging Face ids are used.
+    """
+    import pandas as pd
+
+    from tulu_lab.evaluate import evaluate
+
+    smoke_on = paths.smoke() if smoke is None else smoke
+    files = {"gsm8k": "gsm8k/test.jsonl", "ifeval": "ifeval/input_data.jsonl", "math": "math/test.jsonl"}
+    budgets = {"gsm8k": 192, "ifeval": 256, "math": 384}
+    frames = []
+    for stage in stages:
+        if stage != "instruct" and _finished(stage, smoke) is None:
+            continue
+        model, tokenizer = load_stage(stage, smoke, verbose=False)
+        for benchmark in benchmarks:
+            data = Path(data_dir) / files[benchmark] if data_dir is not None else None
+            frames.append(evaluate(model, tokenizer, benchmark, data=data, limit=4 if smoke_on else (limit or 100),
+                                   max_new_tokens=16 if smoke_on else budgets[benchmark],
+                                   stage="base" if stage == "instruct" else stage, model_name="SmolLM2-135M",
+                                   batch_size=16, output_dir=paths.runs_dir() / "eval", progress=True))
+        del model
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
