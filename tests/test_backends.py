@@ -251,8 +251,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_transformers_serve(folder, log_path, startup_s=240):
-    """Start `transformers serve FOLDER` on 127.0.0.1; returns (process, base_url) or skips with the reason."""
+def _start_transformers_serve(folder, log_path, startup_s=240, dtype="float32"):
+    """Start `transformers serve FOLDER` on 127.0.0.1; returns (process, base_url) or skips with the reason.
+
+    float32 by default: CPUs without AVX-512 BF16 / AMX emulate bf16 matrix products, many times slower.
+    """
     import httpx
 
     cli = Path(sys.executable).parent / "transformers"
@@ -269,7 +272,7 @@ def _start_transformers_serve(folder, log_path, startup_s=240):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     log = open(log_path, "w")
     process = subprocess.Popen([str(cli), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
-                                "--device", "cpu", "--log-level", "warning"],
+                                "--device", "cpu", "--dtype", dtype, "--log-level", "warning"],
                                stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + startup_s
     while time.monotonic() < deadline:
