@@ -394,6 +394,19 @@ def test_grpo_resume_after_a_crash_equals_an_uninterrupted_run(tiny, tmp_path):
     assert len(resumed["metrics"]) == 4
 
 
+def test_time_limit_stops_early_with_a_checkpoint_and_a_later_call_continues(tiny, tmp_path):
+    model, tok = tiny
+    rows = _rows(8)
+    cfg = _cfg(tmp_path / "limited", max_steps=3, lr_schedule="constant")
+    first = train_rlvr(cfg, copy.deepcopy(model), tok, rows, progress=False, save_merged=False, time_limit_s=0.0)
+    assert first["steps"] == 1 and first["stopped_early"] and (tmp_path / "limited" / "checkpoint-1").is_dir()
+    rest = train_rlvr(cfg, copy.deepcopy(model), tok, rows, progress=False, save_merged=False)
+    assert rest["steps"] == 3 and not rest["stopped_early"]
+    whole = train_rlvr(_cfg(tmp_path / "whole", max_steps=3, lr_schedule="constant"), copy.deepcopy(model), tok,
+                       rows, progress=False, save_merged=False)
+    assert _strip_times(rest["metrics"]) == _strip_times(whole["metrics"])
+
+
 @pytest.mark.slow
 def test_ppo_run_killed_with_sigkill_resumes_to_the_same_metrics(tiny_model_dir, tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))

@@ -678,7 +678,7 @@ def evaluate_accuracy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens:
 
 def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_data: Sequence[dict] | None = None,
                reward_model: RewardModel | None = None, resume: bool = True, progress: bool = True,
-               save_merged: bool = True) -> dict[str, Any]:
+               save_merged: bool = True, time_limit_s: float | None = None) -> dict[str, Any]:
     """Train ``model`` with RLVR (``cfg.algorithm``: "ppo" Tülu 3, "grpo" Tülu 3.1).
 
     Args:
@@ -696,10 +696,14 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
             deletes that folder's old checkpoints.
         progress: a tqdm bar over steps (process 0 only).
         save_merged: also write the merged model into ``output_dir/final`` (adapters are always saved).
+        time_limit_s: stop after the step during which this many seconds (of this call) have passed,
+            before ``cfg.num_steps``; a checkpoint is written there, so a later call can continue. The
+            schedule still spans ``cfg.num_steps``.
 
     Returns:
-        ``{"output_dir", "final_dir", "steps", "episodes", "metrics" (every step's record), "final"
-        (the last record), "eval_accuracy" (last held-out accuracy or None)}``. Metrics go to
+        ``{"output_dir", "final_dir", "steps" (completed), "episodes", "stopped_early", "metrics" (every
+        step's record), "final" (the last record), "eval_accuracy" (last held-out accuracy or None)}``.
+        Metrics go to
         ``cfg.metrics_path`` as JSONL, one line per step.
     """
     from tqdm.auto import tqdm
@@ -768,6 +772,8 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     local_prompts = cfg.prompts_per_step // world.size
     bar = tqdm(total=num_steps, initial=start_step, desc="rlvr", unit="step", disable=not (progress and world.is_main))
     eval_accuracy = None
+    started = time.perf_counter()
+    last_step = start_step
     for step in range(start_step, num_steps):
         timer = StepTimer()
         seed_step(cfg.seed, step, world.rank)  # dropout draws depend on (seed, step, rank) only
@@ -789,7 +795,10 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         update_time = timer.lap()
 
         record = _step_record(cfg, step, batch, info, stats, world, learning_rate)
-        if eval_rows is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == num_steps):
+        out_of_time = time_limit_s is not None and bool(
+            world.sum(torch.tensor(float(time.perf_counter() - started >= time_limit_s))) > 0)
+        last = step + 1 == num_steps or out_of_time
+        if eval_rows is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             eval_accuracy = _distributed_accuracy(model, tokenizer, eval_rows, cfg, world)
             record["eval/accuracy"] = eval_accuracy
         record.update({"time/generate": generate_time, "time/update": update_time,
@@ -799,11 +808,14 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         bar.set_postfix(reward=f"{record['reward']:.2f}", acc=f"{record['accuracy']:.2f}",
                         kl=f"{record['kl']:.3f}" if record["kl"] is not None else "-",
                         len=f"{record['completions/mean_length']:.0f}")
-        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == num_steps:
+        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last:
             if world.is_main:
                 save_checkpoint(cfg.output_dir, step + 1, model, optimizer, scheduler, {"step": step + 1},
                                 extra_modules=extra)
             accelerator.wait_for_everyone()
+        last_step = step + 1
+        if out_of_time:
+            break
     bar.close()
 
     history = log.read() if world.is_main else []
@@ -811,8 +823,9 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     if eval_accuracy is None and history:
         evals = [r["eval/accuracy"] for r in history if r.get("eval/accuracy") is not None]
         eval_accuracy = evals[-1] if evals else None
-    summary = {"steps": num_steps, "episodes": num_steps * cfg.rollout_batch, "final": final,
-               "eval_accuracy": eval_accuracy}
+    stopped_early = last_step < num_steps
+    summary = {"steps": last_step, "episodes": last_step * cfg.rollout_batch, "stopped_early": stopped_early,
+               "final": final, "eval_accuracy": eval_accuracy}
     final_dir = None
     if world.is_main:
         final_dir = save_final(model, tokenizer, cfg.output_dir, cfg, summary, merged=save_merged)
@@ -822,8 +835,8 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
                       str(final_dir / "value_head.safetensors"))
     accelerator.wait_for_everyone()
     return {"output_dir": str(cfg.output_dir), "final_dir": str(final_dir) if final_dir else None,
-            "steps": num_steps, "episodes": num_steps * cfg.rollout_batch, "metrics": history, "final": final,
-            "eval_accuracy": eval_accuracy}
+            "steps": last_step, "episodes": last_step * cfg.rollout_batch, "stopped_early": stopped_early,
+            "metrics": history, "final": final, "eval_accuracy": eval_accuracy}
 
 
 def _distributed_accuracy(model, tokenizer, rows, cfg, world: World) -> float:

@@ -222,6 +222,10 @@ def run_sweep(base_cfg: RLVRConfig, grid: dict[str, Sequence[Any]], seeds: Seque
         summary = train(cell.cfg, cell_model, tokenizer, data, eval_data=eval_data,
                         reward_model=reward_model if cell.use_reward_model else None, resume=True,
                         progress=progress)
+        if (summary or {}).get("stopped_early"):
+            if progress:
+                print(f"[sweep] {cell.name}: stopped before its last step; not marked done", flush=True)
+            continue
         marker = {"params": _jsonable(cell.params), "seed": cell.seed,
                   "final": (summary or {}).get("final"), "eval_accuracy": (summary or {}).get("eval_accuracy")}
         tmp = cell.output_dir / (DONE_MARKER + ".tmp")
