@@ -204,7 +204,9 @@ def test_probe_checkpoints_falls_back_and_finds_stages(tmp_path, tiny_model_dir,
         shutil.copytree(tiny_model_dir, tmp_path / f"{stage}-embedded" / "final")
     found = probe_checkpoints(tmp_path)
     assert list(found) == ["SFT", "RLVR"]
-    assert found["SFT"][1].chat_template is not None  # the Tülu template was installed
+    from tulu_lab.chat import TULU_CHAT_TEMPLATE
+
+    assert found["SFT"][1].chat_template == TULU_CHAT_TEMPLATE  # the format the stages were trained in
     assert list(probe_checkpoints(tmp_path, smoke=True)) == ["RLVR"]
 
 

@@ -190,10 +190,10 @@ def probe_checkpoints(runs: str | Path | None = None, *, stages: Sequence[str] =
                       verbose: bool = True) -> dict[str, tuple]:
     """Load the stage checkpoints earlier notebooks saved (``runs/{stage}{suffix}/final``) for the probe.
 
-    Returns ``{"SFT": (model, tokenizer), ...}`` for each folder that exists. When none does, the
-    starting model ``base`` alone (named "instruct"). ``smoke=True`` loads one model only: the latest
-    stage found, else ``base``. A checkpoint whose tokenizer has no chat template gets the Tülu one
-    (the format the stages were trained in).
+    Returns ``{"SFT": (model, tokenizer), ...}`` for each folder that exists, with the Tülu chat
+    template installed (the format the stages were trained in). When none exists, the starting model
+    ``base`` alone (named "instruct", with its own chat template). ``smoke=True`` loads one model only:
+    the latest stage found, else ``base``.
     """
     from tulu_lab.chat import install_tulu_template
     from tulu_lab.models import load_model
@@ -208,9 +208,7 @@ def probe_checkpoints(runs: str | Path | None = None, *, stages: Sequence[str] =
     models = {}
     for name, folder in found.items():
         model, tokenizer = load_model(folder, verbose=False)
-        if getattr(tokenizer, "chat_template", None) is None:
-            install_tulu_template(tokenizer)
-        models[name] = (model, tokenizer)
+        models[name] = (model, install_tulu_template(tokenizer))
         if verbose:
             print(f"{name}: {folder}")
     if not models:
