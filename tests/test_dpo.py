@@ -35,7 +35,7 @@ def pairs(n: int = 16) -> list[dict]:
 
 def config(tmp_path, name="run", **overrides) -> DPOConfig:
     values = dict(output_dir=str(tmp_path / name), seed=5, learning_rate=1e-2, warmup_ratio=0.0, beta=BETA,
-                  per_device_batch=2, gradient_accumulation=2, max_seq_len=64, precision="fp32",
+                  per_device_batch=4, gradient_accumulation=1, max_seq_len=64, precision="fp32",
                   lora=LoraSettings(r=8, alpha=16, dropout=0.0), epochs=1, checkpoint_every=0, grad_clip=1.0)
     return DPOConfig(**{**values, **overrides})
 
@@ -68,7 +68,8 @@ def test_cached_and_uncached_reference_give_the_same_run(tiny_model_dir, tmp_pat
     runs = []
     for cache in (True, False):
         model, tokenizer = load_tiny(tiny_model_dir)
-        cfg = config(tmp_path, f"cache-{cache}", max_steps=4)
+        # 2 x 2 micro-batches: the cache is indexed per micro-batch under accumulation too
+        cfg = config(tmp_path, f"cache-{cache}", max_steps=3, per_device_batch=2, gradient_accumulation=2)
         summary = train_dpo(cfg, model, tokenizer, pairs(), progress=False, cache_reference=cache)
         runs.append((metrics(cfg.metrics_path), trained_weights(summary["model"])))
     (cached, w_cached), (uncached, w_uncached) = runs
@@ -116,7 +117,7 @@ def test_logged_rewards_follow_the_loss_type(tiny_model_dir, tmp_path, loss_type
 def test_preference_accuracy_rises(tiny_model_dir, tmp_path, loss_type):
     model, tokenizer = load_tiny(tiny_model_dir)
     beta = 5.0 if loss_type == "dpo_norm" else 0.1  # dpo_norm: the paper's beta
-    cfg = config(tmp_path, loss_type=loss_type, beta=beta, epochs=6)
+    cfg = config(tmp_path, loss_type=loss_type, beta=beta, epochs=4)
     summary = train_dpo(cfg, model, tokenizer, pairs(), progress=False)
     log = metrics(cfg.metrics_path)
     assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # fresh adapters: policy == reference

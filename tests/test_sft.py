@@ -235,3 +235,25 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, tmp_p
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name
+
+
+def test_logits_only_where_labels_are_scored_give_the_same_loss(tiny):
+    """The loop asks the model for logits from the position predicting the batch's first label on
+    (training.scored_positions): the loss must equal the full-sequence loss."""
+    from tulu_lab.chat import pad_batch
+    from tulu_lab.training import scored_positions
+
+    model, tokenizer = tiny
+    examples, _ = encode_sft_data(rows()[:4], tokenizer, 64)
+    batch = pad_batch(examples, tokenizer.pad_token_id, side="right")
+    keep = scored_positions(batch["labels"])
+    first_label = int((batch["labels"] != -100).any(0).nonzero()[0])
+    assert keep == batch["labels"].size(1) - first_label + 1 < batch["labels"].size(1)
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        window = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    full_loss = micro_batch_loss(full, batch["labels"], "sum", 4)
+    window_loss = micro_batch_loss(window, batch["labels"][:, -keep:], "sum", 4)
+    assert window.shape[1] == keep
+    torch.testing.assert_close(window_loss[0], full_loss[0], rtol=1e-6, atol=1e-5)
+    assert int(window_loss[2]) == int(full_loss[2])

@@ -71,6 +71,7 @@ from tulu_lab.training import (
     resume_or_start,
     save_checkpoint,
     save_final,
+    scored_positions,
     seed_everything,
     seed_step,
     step_micro_batches,
@@ -124,9 +125,11 @@ def _pair_batch(encoded: list[tuple[dict, dict]], indices: Sequence[int], pad_id
 def _summed_logps(model, batch: dict, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed response log-probs, response lengths) of every row of ``batch``."""
     device = batch["input_ids"].device
+    keep = scored_positions(batch["labels"])  # no LM head on the shared prompt
     with autocast(cfg, device):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logps, mask = sequence_logprobs(logits, batch["labels"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                       logits_to_keep=keep).logits
+    logps, mask = sequence_logprobs(logits, batch["labels"][:, -keep:])
     return logprob_sum(logps, mask), mask.sum(-1)
 
 

@@ -73,6 +73,7 @@ from tulu_lab.training import (
     resume_or_start,
     save_checkpoint,
     save_final,
+    scored_positions,
     seed_everything,
     seed_step,
     step_micro_batches,
@@ -209,10 +210,11 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
             batch = pad_batch([examples[i] for i in micro], pad_id, side="right")
             batch = {k: v.to(device) for k, v in batch.items()}
             with accelerator.accumulate(model):
+                keep = scored_positions(batch["labels"])  # no LM head on the prompt
                 with autocast(cfg, device):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                   use_cache=False).logits
-                loss, nll_sum, n_tokens = micro_batch_loss(logits, batch["labels"], cfg.loss_reduction,
+                                   use_cache=False, logits_to_keep=keep).logits
+                loss, nll_sum, n_tokens = micro_batch_loss(logits, batch["labels"][:, -keep:], cfg.loss_reduction,
                                                            cfg.per_device_batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

@@ -130,6 +130,20 @@ def seed_step(seed: int, step: int, process_index: int) -> None:
     seed_everything((seed * 1_000_003 + step) * 1_009 + process_index)
 
 
+def scored_positions(labels: torch.Tensor) -> int:
+    """How many trailing positions need logits: from the one predicting the first label to the end.
+
+    Position ``t`` predicts token ``t + 1``, and with prompt-first, right-padded rows nothing before the
+    batch's first label is scored, so ``model(..., logits_to_keep=k)`` with this ``k`` and
+    ``labels[:, -k:]`` give exactly the loss of the full sequence while skipping the LM head (a
+    vocabulary-sized product per token) on the prompt.
+    """
+    scored = (labels != -100).any(dim=0).nonzero()
+    if scored.numel() == 0:
+        return labels.size(1)
+    return labels.size(1) - max(int(scored[0]) - 1, 0)
+
+
 def remove_checkpoints(output_dir: str | Path) -> None:
     """Delete the checkpoints of an earlier run (a fresh start must never resume from them later)."""
     for path in list_checkpoints(output_dir):
