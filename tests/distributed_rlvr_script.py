@@ -47,9 +47,11 @@ def fixed_rollout(vocab: int, n_rows: int, group: int) -> tuple[list, list, torc
     g = torch.Generator().manual_seed(1234)
     prompts, responses = [], []
     for i in range(n_rows):
-        p_len = 3 + int(torch.randint(0, 6, (1,), generator=g))
+        if i % group == 0:  # the samples of one group share their prompt
+            p_len = 3 + int(torch.randint(0, 6, (1,), generator=g))
+            prompt = torch.randint(2, vocab, (p_len,), generator=g).tolist()
         r_len = 1 + int(torch.randint(0, 9, (1,), generator=g))
-        prompts.append(torch.randint(2, vocab, (p_len,), generator=g).tolist())
+        prompts.append(list(prompt))
         responses.append(torch.randint(2, vocab, (r_len,), generator=g).tolist())
     scores = torch.tensor([10.0, 0.0, -10.0])[torch.randint(0, 3, (n_rows,), generator=g)]
     if group > 1:

@@ -76,8 +76,10 @@ def lora_model(tiny):
 
 def _fixed_batch(vocab, n_rows=8, group=4, seed=1):
     g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(2, vocab, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(n_rows)]
+    # one prompt per group of 4 rows (shared, as GRPO samples are); lengths differ between groups
+    distinct = [torch.randint(2, vocab, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+                for _ in range((n_rows + 3) // 4)]
+    prompts = [list(distinct[i // 4]) for i in range(n_rows)]
     responses = [torch.randint(2, vocab, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
                  for _ in range(n_rows)]
     scores = torch.tensor([10.0, 0.0, -10.0])[torch.randint(0, 3, (n_rows,), generator=g)]
@@ -95,6 +97,7 @@ def test_forward_response_matches_a_full_forward_pass(lora_model):
     model, _ = lora_model
     prompts, responses, _ = _fixed_batch(model.config.vocab_size)
     micro = make_micro_batch(prompts, responses, list(range(8)), pad_id=1)
+    assert micro.prompt_ids.size(0) == 2  # each shared prompt is run once
     with torch.no_grad():
         out = forward_response(model, micro, temperature=0.7)
         for i in range(8):
@@ -229,12 +232,12 @@ def test_ppo_value_head_learns_the_returns(lora_model):
     params = _train_params(m) + list(value_head.parameters())
     optimizer = make_optimizer(params, cfg)
     losses = []
-    for _ in range(3):
+    for _ in range(6):
         batch = RolloutBatch(prompts, responses, scores, group_size=1)
         score_rollout(cfg, m, batch, value_head=value_head)
         compute_advantages(cfg, batch)
         losses.append(rlvr_update(cfg, m, optimizer, batch, value_head=value_head, params=params).value_loss)
-    assert losses[-1] < 0.8 * losses[0]
+    assert all(a > b for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0]
 
 
 def test_global_whitening_equals_whitening_on_one_process():

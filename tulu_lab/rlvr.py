@@ -223,18 +223,23 @@ def _base_model(model):
 
 @dataclass
 class MicroBatch:
-    """Right-padded prompt + response sequences and where their response tokens sit.
+    """Responses with their prompts, each distinct prompt stored (and run through the model) once.
 
-    ``positions[i, j]`` is the position whose hidden state predicts response token ``j`` of row ``i``
-    (the prompt's last token for j = 0); one extra column keeps the ``labels`` shift of
-    ``sequence_logprobs``: ``labels[:, 0]`` is ignored and ``labels[:, j + 1]`` is response token j.
+    The samples of one GRPO group share their prompt: the prompt pass runs once per distinct prompt
+    (left-padded) and its key/value cache is copied to that prompt's responses (right-padded), so the
+    prompt tokens cost one forward (and backward) pass instead of one per sample.
+    ``labels[:, 0]`` is ignored and ``labels[:, j + 1]`` is response token j (the shift convention of
+    ``sequence_logprobs``); token 0 is predicted by the prompt's last hidden state.
     """
 
     rows: list[int]
-    input_ids: torch.Tensor       # (B, L)
-    attention_mask: torch.Tensor  # (B, L)
-    positions: torch.Tensor       # (B, T + 1)
-    labels: torch.Tensor          # (B, T + 1)
+    prompt_ids: torch.Tensor          # (U, Lp) distinct prompts, left-padded
+    prompt_mask: torch.Tensor         # (U, Lp)
+    prompt_index: torch.Tensor        # (B,) which distinct prompt each response answers
+    response_ids: torch.Tensor        # (B, T) right-padded
+    response_mask: torch.Tensor       # (B, T)
+    response_positions: torch.Tensor  # (B, T) position ids: the prompt's length + j
+    labels: torch.Tensor              # (B, T + 1)
 
     @property
     def response_len(self) -> int:
@@ -243,26 +248,30 @@ class MicroBatch:
 
 def make_micro_batch(prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], rows: list[int],
                      pad_id: int, device: torch.device | str = "cpu") -> MicroBatch:
-    """Pad the given rows to their own longest sequence (no padding beyond this micro-batch)."""
-    prompts = [prompt_ids[i] for i in rows]
+    """Pad the given rows to their own longest prompt and response (no padding beyond this micro-batch)."""
+    distinct: dict[tuple[int, ...], int] = {}
+    prompt_index = [distinct.setdefault(tuple(prompt_ids[i]), len(distinct)) for i in rows]
+    prompts = list(distinct)
     responses = [response_ids[i] for i in rows]
-    if any(len(r) == 0 for r in responses):
-        raise ValueError("a response has no token; generation always returns at least one")
-    length = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    t_max = max(len(r) for r in responses)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    if any(len(r) == 0 for r in responses) or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt and response needs at least one token")
+    p_max, t_max = max(len(p) for p in prompts), max(len(r) for r in responses)
+    p_ids = torch.full((len(prompts), p_max), pad_id, dtype=torch.long)
+    p_mask = torch.zeros((len(prompts), p_max), dtype=torch.long)
+    for u, p in enumerate(prompts):
+        p_ids[u, p_max - len(p):] = torch.tensor(p)
+        p_mask[u, p_max - len(p):] = 1
+    r_ids = torch.full((len(rows), t_max), pad_id, dtype=torch.long)
+    r_mask = torch.zeros((len(rows), t_max), dtype=torch.long)
     labels = torch.full((len(rows), t_max + 1), IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros((len(rows), t_max + 1), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        n = len(p) + len(r)
-        input_ids[i, :n] = torch.tensor(p + r)
-        attention_mask[i, :n] = 1
+    positions = torch.zeros((len(rows), t_max), dtype=torch.long)
+    for i, (u, r) in enumerate(zip(prompt_index, responses)):
+        r_ids[i, :len(r)] = torch.tensor(r)
+        r_mask[i, :len(r)] = 1
         labels[i, 1:len(r) + 1] = torch.tensor(r)
-        # hidden state at len(p) - 1 + j predicts response token j; clamp the padding columns
-        positions[i] = torch.clamp(torch.arange(t_max + 1) + len(p) - 1, max=length - 1)
-    return MicroBatch(rows, input_ids.to(device), attention_mask.to(device), positions.to(device),
-                      labels.to(device))
+        positions[i] = torch.arange(t_max) + len(prompts[u])
+    return MicroBatch(rows, p_ids.to(device), p_mask.to(device), torch.tensor(prompt_index, device=device),
+                      r_ids.to(device), r_mask.to(device), positions.to(device), labels.to(device))
 
 
 @dataclass
@@ -277,20 +286,30 @@ def forward_response(model, micro: MicroBatch, temperature: float, *, value_head
                      with_entropy: bool = False) -> ForwardOutput:
     """Log-probs (and values, entropy) of the response tokens under ``softmax(logits / temperature)``.
 
-    The language-model head runs on the response positions only: the prompt's logits are never needed.
-    Equals scoring ``model(input_ids).logits`` for causal LMs whose head is a plain output projection
-    (Llama, Qwen, Mistral, ...; a test checks it).
+    Each distinct prompt runs once (its cache is shared by its responses) and the language-model head
+    runs on the response positions only. Equals scoring ``model(prompt + response).logits`` for causal
+    LMs whose head is a plain output projection (Llama, Qwen, Mistral, ...; a test checks it).
     """
     base = _base_model(model)
-    hidden = base.get_decoder()(input_ids=micro.input_ids, attention_mask=micro.attention_mask,
-                                use_cache=False).last_hidden_state
-    index = micro.positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
-    response_hidden = hidden.gather(1, index)                       # (B, T + 1, H)
-    logits = base.get_output_embeddings()(response_hidden)          # (B, T + 1, V)
+    decoder = base.get_decoder()
+    # 1. each distinct prompt once; keep its key/value cache
+    prompt_positions = (micro.prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    prompt_out = decoder(input_ids=micro.prompt_ids, attention_mask=micro.prompt_mask,
+                         position_ids=prompt_positions, use_cache=True)
+    cache = prompt_out.cache
+    # 2. the cache copied to every response of the prompt (differentiable indexing), then the responses
+    cache.batch_select_indices(micro.prompt_index)
+    response_out = decoder(input_ids=micro.response_ids,
+                           attention_mask=torch.cat([micro.prompt_mask[micro.prompt_index], micro.response_mask], -1),
+                           position_ids=micro.response_positions, cache=cache, use_cache=True)
+    # 3. the prompt's last hidden state predicts response token 0, response state j predicts token j + 1
+    last_prompt = prompt_out.last_hidden_state[micro.prompt_index, -1:]
+    response_hidden = torch.cat([last_prompt, response_out.last_hidden_state], dim=1)   # (B, T + 1, H)
+    logits = base.get_output_embeddings()(response_hidden)                              # (B, T + 1, V)
     logprobs, mask = sequence_logprobs(logits, micro.labels, temperature)
     values = None
     if value_head is not None:
-        with torch.autocast(device_type=hidden.device.type, enabled=False):  # values in float32
+        with torch.autocast(device_type=response_hidden.device.type, enabled=False):  # values in float32
             values = value_head(response_hidden[:, :-1].float()).squeeze(-1)
     entropy = None
     if with_entropy:
@@ -358,9 +377,17 @@ class RolloutBatch:
 
 
 def _micro_batches(batch: RolloutBatch, rows: list[int], size: int) -> list[list[int]]:
-    """Rows bucketed by length, longest first, ``size`` per micro-batch: padding stays small."""
-    lengths = batch.total_lengths()
-    ordered = sorted(rows, key=lambda i: (-lengths[i], i))
+    """``size`` rows per micro-batch, bucketed by length so that padding stays small: longest prompts
+    first, the responses of one prompt together (their prompt then runs once), longest responses first."""
+    first_row: dict[tuple[int, ...], int] = {}
+    for i in sorted(rows):
+        first_row.setdefault(tuple(batch.prompt_ids[i]), i)
+
+    def key(i: int):
+        prompt = batch.prompt_ids[i]
+        return (-len(prompt), first_row[tuple(prompt)], -len(batch.response_ids[i]), i)
+
+    ordered = sorted(rows, key=key)
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
@@ -702,7 +729,8 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
 
     Returns:
         ``{"output_dir", "final_dir", "steps" (completed), "episodes", "stopped_early", "metrics" (every
-        step's record), "final" (the last record), "eval_accuracy" (last held-out accuracy or None)}``.
+        step's record), "final" (the last record), "eval_accuracy" (last held-out accuracy or None),
+        "model" (the trained policy, adapters enabled)}``.
         Metrics go to
         ``cfg.metrics_path`` as JSONL, one line per step.
     """
@@ -836,7 +864,7 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     accelerator.wait_for_everyone()
     return {"output_dir": str(cfg.output_dir), "final_dir": str(final_dir) if final_dir else None,
             "steps": last_step, "episodes": last_step * cfg.rollout_batch, "stopped_early": stopped_early,
-            "metrics": history, "final": final, "eval_accuracy": eval_accuracy}
+            "metrics": history, "final": final, "eval_accuracy": eval_accuracy, "model": model}
 
 
 def _distributed_accuracy(model, tokenizer, rows, cfg, world: World) -> float:
