@@ -8,6 +8,10 @@ k samples per prompt). What it does that ``model.generate`` does not:
 * prefills each distinct prompt once and copies its KV cache for the k samples (``num_samples``);
 * drops finished rows from the batch as it goes, so a few long answers do not keep paying for the
   rest of the batch;
+* writes each token's keys and values into room reserved in the KV cache (no copy of the whole cache
+  per token) and slices a preallocated attention mask;
+* runs LoRA adapters with fewer kernels: merged into one fp32 weight per layer when computing in fp32,
+  a lean unmerged forward under bf16 (see ``_fast_adapters``);
 * sorts prompts by length before batching (less left padding) and returns results in input order.
 
 Prompts are either already-rendered strings or message lists, rendered with the tokenizer's chat
@@ -16,7 +20,9 @@ template (``tulu_lab.chat.install_tulu_template`` sets the Tülu one).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -80,6 +86,148 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+@lru_cache(maxsize=None)
+def _reserved_layer_class():
+    from transformers.cache_utils import DynamicLayer  # imported on first use: loading transformers is slow
+
+    class ReservedLayer(DynamicLayer):
+        """A KV-cache layer with room reserved for the tokens still to come.
+
+        transformers' DynamicLayer concatenates every new token onto the whole cache, copying all of it
+        at every decoding step; this one writes the new keys and values into spare room and returns views,
+        growing (by doubling) only if the room runs out. Row selection and repetition act on the room too.
+        """
+
+        reserve = 0  # set on a subclass per call (transformers builds layers without arguments)
+
+        def __init__(self):
+            super().__init__()
+            self._keys = self._values = None
+            self._length = 0
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            new = key_states.shape[-2]
+            end = self._length + new
+            if self._keys is None or end > self._keys.shape[-2]:
+                capacity = max(end + self.reserve, 2 * end)
+                keys = key_states.new_empty(key_states.shape[:-2] + (capacity, key_states.shape[-1]))
+                values = value_states.new_empty(value_states.shape[:-2] + (capacity, value_states.shape[-1]))
+                if self._length:
+                    keys[..., :self._length, :] = self._keys[..., :self._length, :]
+                    values[..., :self._length, :] = self._values[..., :self._length, :]
+                self._keys, self._values = keys, values
+            self._keys[..., self._length:end, :] = key_states
+            self._values[..., self._length:end, :] = value_states
+            self._length = end
+            self.keys, self.values = self._keys[..., :end, :], self._values[..., :end, :]
+            return self.keys, self.values
+
+        def _reindex(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            self._keys, self._values = keys, values
+            self.keys, self.values = keys[..., :self._length, :], values[..., :self._length, :]
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self._length:
+                self._reindex(self._keys.repeat_interleave(repeats, dim=0), self._values.repeat_interleave(repeats, dim=0))
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self._length:
+                self._reindex(self._keys[indices], self._values[indices])
+
+    return ReservedLayer
+
+
+def _reserved_cache(reserve: int):
+    """An empty cache whose layers keep ``reserve`` free positions for the tokens to be generated."""
+    from transformers.cache_utils import Cache
+
+    layer = type("ReservedLayer", (_reserved_layer_class(),), {"reserve": reserve})
+    return Cache(layer_class_to_replicate=layer)
+
+
+def _lora_layers(model) -> list:
+    """peft LoRA linear layers that :func:`_fast_adapters` can stand in for: one active plain LoRA
+    adapter (no DoRA or other variant), not merged, adapters enabled, eval mode. Empty when any is not."""
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError:
+        return []
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    for layer in layers:
+        active = [a for a in layer.active_adapters if a in layer.lora_A]
+        if (layer.disable_adapters or layer.merged or len(active) != 1 or active[0] in layer.lora_variant
+                or layer.lora_A[active[0]].training):
+            return []
+    return layers
+
+
+@contextmanager
+def _fast_adapters(model):
+    """Decode through peft LoRA layers with fewer operations, computing the same function.
+
+    At decode time each token is a small matmul, and the per-operation cost of a LoRA layer (four
+    extra kernels and peft's Python bookkeeping) weighs as much as the arithmetic. Inside this context:
+
+    * fp32 weights without autocast: each layer uses one merged weight ``W + scaling * B @ A``, built
+      once per call in fp32 (equal to the separate paths up to fp32 rounding);
+    * otherwise (bf16 weights or autocast): merging would round the small LoRA delta to the weight's
+      bf16 grid and sample from a different policy, so the layers keep separate matmuls with a lean
+      forward, ``base(x) + lora_B(lora_A(x)) * scaling`` with peft's casts, the same kernels.
+
+    The model runs in eval mode here (dropout is the identity); its parameters are not touched, the
+    layers' forwards are restored on exit.
+    """
+    layers = _lora_layers(model)
+    for layer in layers:
+        layer.forward = _merged_forward(layer) if _can_merge(layer) else _lean_forward(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _active_adapter(layer) -> str:
+    return next(a for a in layer.active_adapters if a in layer.lora_A)
+
+
+def _can_merge(layer) -> bool:
+    weight = layer.base_layer.weight
+    return weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
+
+
+def _merged_forward(layer):
+    base = layer.base_layer
+    with torch.no_grad():
+        merged = base.weight + layer.get_delta_weight(_active_adapter(layer)).to(base.weight.dtype)
+    linear = torch.nn.functional.linear
+
+    def forward(x, *args, **kwargs):
+        return linear(x, merged, base.bias)
+
+    return forward
+
+
+def _lean_forward(layer):
+    name = _active_adapter(layer)
+    base = layer.base_layer
+    lora_a, lora_b, scaling = layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
+    cast = getattr(layer, "cast_input_dtype_enabled", True)
+    linear = torch.nn.functional.linear
+
+    def forward(x, *args, **kwargs):
+        result = base(x, *args, **kwargs)
+        result_dtype = result.dtype
+        if cast and x.dtype != lora_a.weight.dtype:
+            x = x.to(lora_a.weight.dtype)
+        result = result + linear(linear(x, lora_a.weight, lora_a.bias), lora_b.weight, lora_b.bias) * scaling
+        return result.to(result_dtype)
+
+    return forward
+
+
 @torch.inference_mode()
 def _generate_batch(model, tokenizer, texts: list[str], *, repeats: int, max_new_tokens: int,
                     temperature: float, top_p: float, generator, eos_ids: list[int],
@@ -89,39 +237,47 @@ def _generate_batch(model, tokenizer, texts: list[str], *, repeats: int, max_new
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    width = ids.size(1)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = _reserved_cache(max_new_tokens)
+    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1)
     cache, logits = out.cache, out.logits[:, -1, :]
     if repeats > 1:  # one prefill per prompt, the cache copied for its samples
         cache.batch_repeat_interleave(repeats)
         logits = logits.repeat_interleave(repeats, dim=0)
-        mask = mask.repeat_interleave(repeats, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
         positions = positions.repeat_interleave(repeats, dim=0)
 
     n = logits.shape[0]
     eos = torch.tensor(eos_ids, device=device)
-    tokens_out = [[] for _ in range(n)]
-    logprobs_out = [[] for _ in range(n)]
+    # Per original row: sampled tokens and log-probs by step; every live row writes column `step`.
+    tokens_out = torch.zeros((n, max_new_tokens), dtype=torch.long, device=device)
+    logprobs_out = torch.zeros((n, max_new_tokens), dtype=torch.float32, device=device)
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
     finish = ["length"] * n
+    # The attention mask for the whole decode, sliced per step instead of grown per step.
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones((n, max_new_tokens))], dim=-1)
     active = torch.arange(n, device=device)        # original row of each row still in the batch
     alive = torch.ones(n, dtype=torch.bool, device=device)
     next_pos = positions[:, -1:] + 1
     for step in range(max_new_tokens):
         tokens, logprobs = sample_next(logits, temperature, top_p, generator)
-        is_eos = torch.isin(tokens, eos)
-        for i, (row, tok, lp, ended) in enumerate(zip(active.tolist(), tokens.tolist(), logprobs.tolist(),
-                                                       is_eos.tolist())):
-            if not alive[i]:
-                continue  # finished earlier, still in the batch until the next compaction
-            tokens_out[row].append(tok)
-            logprobs_out[row].append(lp)
-            if ended:
-                finish[row] = "eos"
-            elif stop and any(s in tokenizer.decode(tokens_out[row][-24:]) for s in stop):
-                finish[row] = "stop"
-            if finish[row] != "length":
-                alive[i] = False
+        rows = active[alive]
+        tokens_out[rows, step] = tokens[alive]
+        logprobs_out[rows, step] = logprobs[alive]
+        lengths[rows] = step + 1
+        ended = alive & torch.isin(tokens, eos)
+        for row in active[ended].tolist():
+            finish[row] = "eos"
+        alive &= ~ended
+        if stop:
+            for i in alive.nonzero().squeeze(-1).tolist():
+                row = int(active[i])
+                if any(s in tokenizer.decode(tokens_out[row, max(0, step - 23):step + 1].tolist()) for s in stop):
+                    finish[row] = "stop"
+                    alive[i] = False
         if not bool(alive.any()) or step == max_new_tokens - 1:
             break
         # Drop finished rows every few steps: fewer rows to decode, at the price of a cache copy.
@@ -132,12 +288,14 @@ def _generate_batch(model, tokenizer, texts: list[str], *, repeats: int, max_new
             active, tokens, mask, next_pos, alive = (active[index], tokens[index], mask[index],
                                                      next_pos[index], alive[index])
         tokens = torch.where(alive, tokens, torch.full_like(tokens, tokenizer.pad_token_id))
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
+        out = model(input_ids=tokens[:, None], attention_mask=mask[:, :width + step + 1], position_ids=next_pos,
                     cache=cache, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1, :]
         next_pos = next_pos + 1
-    return tokens_out, logprobs_out, finish
+    lengths = lengths.tolist()
+    tokens_list = [row[:length] for row, length in zip(tokens_out.tolist(), lengths)]
+    logprobs_list = [row[:length] for row, length in zip(logprobs_out.tolist(), lengths)]
+    return tokens_list, logprobs_list, finish
 
 
 def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, temperature: float = 0.0,
@@ -182,17 +340,18 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
     was_training = model.training
     model.eval()
     try:
-        for batch in tqdm(batches, desc="generating", disable=not show, unit="batch"):
-            toks, lps, finish = _generate_batch(
-                model, tokenizer, [texts[i] for i in batch], repeats=num_samples,
-                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                generator=generator, eos_ids=eos_ids, stop=stop)
-            for j, prompt_index in enumerate(batch):
-                for s in range(num_samples):
-                    row = j * num_samples + s
-                    results[prompt_index * num_samples + s] = _make_generation(
-                        tokenizer, texts[prompt_index], prompt_index, toks[row], lps[row], finish[row],
-                        eos_ids, stop)
+        with _fast_adapters(model):
+            for batch in tqdm(batches, desc="generating", disable=not show, unit="batch"):
+                toks, lps, finish = _generate_batch(
+                    model, tokenizer, [texts[i] for i in batch], repeats=num_samples,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                    generator=generator, eos_ids=eos_ids, stop=stop)
+                for j, prompt_index in enumerate(batch):
+                    for s in range(num_samples):
+                        row = j * num_samples + s
+                        results[prompt_index * num_samples + s] = _make_generation(
+                            tokenizer, texts[prompt_index], prompt_index, toks[row], lps[row], finish[row],
+                            eos_ids, stop)
     finally:
         model.train(was_training)
     return results

@@ -1,0 +1,98 @@
+"""The decode fast paths of tulu_lab.generate give what the plain peft / transformers paths give.
+
+* LoRA in fp32: adapters merged into one weight per layer for the call; tokens equal, log-probs equal
+  to float rounding (1e-5), and the model's parameters untouched afterwards.
+* LoRA under bf16 autocast: the lean unmerged forward runs the same kernels, so results are identical.
+* The reserved KV cache matches transformers' concatenating DynamicCache step by step.
+"""
+
+import contextlib
+
+import pytest
+import torch
+
+from tulu_lab import generate as gen_module
+from tulu_lab.generate import generate
+
+PROMPTS = [[{"role": "user", "content": "What is 3 + 4?"}],
+           [{"role": "user", "content": "Tom has 12 apples and buys 5 more. How many apples does he have?"}]]
+
+
+@pytest.fixture()
+def lora_tiny(tiny):
+    from tulu_lab.models import attach_lora, lora_config
+
+    model, tok = tiny
+    peft_model = attach_lora(model, lora_config(r=4, alpha=8, dropout=0.1, target_modules="all-linear"))
+    g = torch.Generator().manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:  # fresh B is zero: make the adapters change the output
+            p.data = torch.randn(p.shape, generator=g) * 0.05
+    yield peft_model, tok
+    peft_model.unload()  # give the shared fixture its plain model back
+
+
+def _run(model, tok, fast: bool, **kwargs):
+    if fast:
+        return generate(model, tok, PROMPTS, **kwargs)
+    original = gen_module._fast_adapters
+    gen_module._fast_adapters = lambda m: contextlib.nullcontext()
+    try:
+        return generate(model, tok, PROMPTS, **kwargs)
+    finally:
+        gen_module._fast_adapters = original
+
+
+def test_merged_adapters_match_peft_in_fp32(lora_tiny):
+    model, tok = lora_tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kwargs = dict(max_new_tokens=12, temperature=1.0, num_samples=3, seed=5, batch_size=6)
+    fast, plain = _run(model, tok, True, **kwargs), _run(model, tok, False, **kwargs)
+    assert [g.token_ids for g in fast] == [g.token_ids for g in plain]
+    for a, b in zip(fast, plain):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all("forward" not in vars(m) for m in model.modules())  # forwards restored
+
+
+def test_lean_adapters_are_exact_under_bf16_autocast(lora_tiny):
+    model, tok = lora_tiny
+    kwargs = dict(max_new_tokens=10, temperature=0.8, num_samples=2, seed=1, batch_size=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, plain = _run(model, tok, True, **kwargs), _run(model, tok, False, **kwargs)
+    assert [g.token_ids for g in fast] == [g.token_ids for g in plain]
+    assert [g.logprobs for g in fast] == [g.logprobs for g in plain]
+
+
+def test_adapters_change_the_output(lora_tiny):
+    """The fast path really applies the adapters (an adapter-free decode differs)."""
+    model, tok = lora_tiny
+    kwargs = dict(max_new_tokens=8, temperature=0.0)
+    with_adapters = _run(model, tok, True, **kwargs)
+    with model.disable_adapter():
+        without = _run(model, tok, True, **kwargs)
+    assert [g.logprobs for g in with_adapters] != [g.logprobs for g in without]
+
+
+def test_reserved_cache_matches_dynamic_cache(tiny):
+    from transformers import DynamicCache
+
+    model, tok = tiny
+    ids = torch.tensor([[5, 9, 13, 17, 21], [6, 10, 14, 18, 22]])
+    reserved = gen_module._reserved_cache(reserve=2)  # too little room: forces growth
+    dynamic = DynamicCache()
+    with torch.no_grad():
+        a = model(input_ids=ids, cache=reserved, use_cache=True)
+        b = model(input_ids=ids, cache=dynamic, use_cache=True)
+        for cache in (a.cache, b.cache):
+            cache.batch_repeat_interleave(2)
+            cache.batch_select_indices(torch.tensor([0, 2, 3]))
+        nxt = torch.tensor([[7], [8], [9]])
+        for step in range(4):
+            positions = torch.full((3, 1), 5 + step)
+            a = model(input_ids=nxt, position_ids=positions, cache=a.cache, use_cache=True)
+            b = model(input_ids=nxt, position_ids=positions, cache=b.cache, use_cache=True)
+            assert torch.allclose(a.logits, b.logits, atol=1e-6)
+            nxt = a.logits[:, -1].argmax(-1, keepdim=True)
+    assert a.cache.get_seq_length() == b.cache.get_seq_length() == 9
