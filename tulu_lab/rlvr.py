@@ -21,6 +21,9 @@
 5. update      ``ppo_epochs`` x ``num_minibatches`` optimiser steps of the clipped policy loss, plus the
                clipped value loss x ``vf_coef`` (ppo) or ``beta`` x the k3 KL inside the loss (grpo)
 
+Forward passes run the model on the response tokens with each distinct prompt run once per
+micro-batch (the samples of a group share its key/value cache) and the language-model head applied to
+response positions only; micro-batches are bucketed by length, padded to their own longest row.
 The loss of every micro-batch is divided by the token (or sequence) count of its whole minibatch,
 summed over every process, so gradient accumulation, bucketing by length, skipping and several
 processes all give the gradient of one big batch (:func:`rlvr_update`; tested with torchrun).
