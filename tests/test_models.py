@@ -63,6 +63,12 @@ def test_nf4_tiny_loads_and_runs(tiny_model_dir):
     assert torch.isfinite(out).all()
 
 
+def test_default_dtype_follows_the_hardware():
+    from tulu_lab.models import bf16_is_fast, default_compute_dtype
+    expected = torch.bfloat16 if bf16_is_fast("cpu") else torch.float32
+    assert default_compute_dtype("cpu") == expected
+
+
 def test_trust_remote_code_off_by_default(tiny_model_dir, monkeypatch):
     import transformers
     seen = {}
@@ -96,8 +102,9 @@ def test_embedded_model_loads_offline_and_is_not_reconverted(embedded):
 
 
 @pytest.mark.slow
-def test_embedded_nf4_footprint_under_half_of_bf16(embedded):
-    bf16, _ = embedded
+def test_embedded_nf4_footprint_under_half_of_bf16():
+    bf16, _ = load_model("smollm2-135m", dtype="bf16", verbose=False)
+    assert bf16.dtype == torch.bfloat16
     nf4, _ = load_model("smollm2-135m", quant="nf4", dtype="bf16", verbose=False)
     ratio = nf4.get_memory_footprint() / bf16.get_memory_footprint()
     assert ratio < 0.5, ratio

@@ -39,6 +39,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TULU_LAB_CACHE", Path.home() / ".cache" / "tulu_lab")).expanduser()
 
 
+def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
+    """Whether bf16 matmuls run natively on ``device``.
+
+    CPUs without AVX512-BF16 / AMX (AVX2-only machines) emulate bf16 matmuls, which then run several
+    times slower than float32; there the workbench computes in float32 by default.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def default_compute_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """bf16 where it is native (recent CPUs, GPUs since Ampere), else float32."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+
+
 def _dtype(dtype: Any) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -210,8 +232,9 @@ def load_model(name_or_path: str | os.PathLike = "smollm2-135m", *, quant: str |
     Args:
         name_or_path: "smollm2-135m" (embedded), a local checkpoint folder, or a hub id.
         quant: None, "nf4" (bitsandbytes NF4, double quantisation) or "int8" (LLM.int8).
-        dtype: weights / compute dtype ("bf16", "fp32", torch.bfloat16 ...). Default: bf16 for quantised
-            compute and for the embedded model, else the checkpoint's own dtype.
+        dtype: weights / compute dtype ("bf16", "fp32", torch.bfloat16 ...). Default for quantised
+            compute and for the embedded model: bf16 where the hardware runs it natively, else float32
+            (``default_compute_dtype``); other checkpoints keep their own dtype.
         device_map: passed to transformers ("auto", "cpu", {"": 0}, ...). Default: "cpu" without CUDA,
             "auto" with it.
         lora: None, a peft LoraConfig (fresh trainable adapters) or a folder of saved adapters (trainable).
@@ -229,7 +252,7 @@ def load_model(name_or_path: str | os.PathLike = "smollm2-135m", *, quant: str |
     is_embedded = str(name_or_path).lower() in EMBEDDED_MODELS
     torch_dtype = _dtype(dtype)
     if torch_dtype is None and (quant is not None or is_embedded):
-        torch_dtype = torch.bfloat16
+        torch_dtype = default_compute_dtype()
     if device_map is None:
         device_map = "auto" if torch.cuda.is_available() else "cpu"
 
@@ -255,6 +278,10 @@ def load_model(name_or_path: str | os.PathLike = "smollm2-135m", *, quant: str |
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
         raise _not_found(name_or_path, err) from err
+    if torch_dtype is None and quant is None and model.dtype in (torch.bfloat16, torch.float16):
+        device = next(model.parameters()).device
+        if not bf16_is_fast(device):  # a half-precision checkpoint on a CPU that emulates it: compute in fp32
+            model = model.float()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

@@ -48,8 +48,13 @@ def make_accelerator(cfg):
 
 
 def autocast(cfg, device: torch.device):
-    """bf16 autocast for precision "bf16-autocast" (fp32 master weights, bf16 matmuls)."""
-    enabled = getattr(cfg, "precision", "fp32") == "bf16-autocast"
+    """bf16 autocast for precision "bf16-autocast" (fp32 master weights, bf16 matmuls).
+
+    Off where bf16 is emulated (AVX2-only CPUs): there it would make every matmul several times slower.
+    """
+    from tulu_lab.models import bf16_is_fast
+
+    enabled = getattr(cfg, "precision", "fp32") == "bf16-autocast" and bf16_is_fast(device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
@@ -61,6 +66,11 @@ def prepare_trainable(model, cfg):
     """
     from peft import PeftModel
 
+    from tulu_lab.models import bf16_is_fast
+
+    quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+    if not quantized and model.dtype == torch.bfloat16 and not bf16_is_fast(next(model.parameters()).device):
+        model = model.float()  # emulated bf16 (AVX2-only CPUs) is several times slower than float32
     if cfg.precision == "bf16-autocast" or cfg.precision == "fp32":
         if cfg.lora is None:
             model = model.float()
