@@ -26,8 +26,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser and not gpu"
 
 # Tests that load the real embedded model, train for a while or execute the notebooks (smoke setting).
+# SLOW_TESTS narrows them to some files (CI runs the embedded-model ones).
+SLOW_TESTS ?= tests
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow and not gpu" --durations=15
+	$(BIN)/python -m pytest -q -m "slow and not gpu" --durations=15 $(SLOW_TESTS)
 
 # JupyterLab in headless Chromium (needs Debian's chromium: apt-get install -y chromium).
 test-browser: $(STAMP)
