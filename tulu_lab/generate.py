@@ -20,6 +20,7 @@ template (``tulu_lab.chat.install_tulu_template`` sets the Tülu one).
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -84,6 +85,45 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@contextmanager
+def num_threads(count: int | None):
+    """Run the block with ``count`` intra-op threads (None: leave them), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if count is not None and count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def fastest_threads(rows: int, width: int, out_width: int, max_threads: int | None = None, repeats: int = 3) -> int:
+    """The thread count, 1 .. ``max_threads`` (default: the current count), that multiplies a
+    ``(rows x width) @ (width x out_width)`` float32 product fastest right now (best of ``repeats``).
+
+    On an idle machine more threads win; on a shared one each multi-threaded kernel waits for its
+    slowest thread to be scheduled again (a few milliseconds each time), which can make every small
+    kernel of a decode step, and even large ones, several times slower than on one thread.
+    """
+    max_threads = max_threads or torch.get_num_threads()
+    if max_threads <= 1:
+        return 1
+    a, b = torch.randn(rows, width), torch.randn(width, out_width)
+    best_seconds, best = float("inf"), max_threads
+    for count in range(max_threads, 0, -1):
+        with num_threads(count):
+            a @ b  # warm-up: thread pools and kernel selection
+            seconds = float("inf")
+            for _ in range(repeats):
+                started = time.perf_counter()
+                a @ b
+                seconds = min(seconds, time.perf_counter() - started)
+        if seconds < best_seconds:
+            best_seconds, best = seconds, count
+    return best
 
 
 @lru_cache(maxsize=None)
@@ -300,7 +340,8 @@ def _generate_batch(model, tokenizer, texts: list[str], *, repeats: int, max_new
 
 def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, seed: int | None = 0, batch_size: int = 16,
-             stop: Sequence[str] | None = None, progress: bool | None = None) -> list[Generation]:
+             stop: Sequence[str] | None = None, progress: bool | None = None,
+             threads: int | str | None = None) -> list[Generation]:
     """Sample responses for ``prompts`` (strings or message lists).
 
     Args:
@@ -312,6 +353,9 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
         batch_size: rows decoded together (prompts x samples).
         stop: strings that end a response early (finish_reason "stop"); the text is cut before them.
         progress: show a tqdm bar (default: when there is more than one batch).
+        threads: intra-op threads while decoding: None keeps torch's setting, an int sets it, "auto"
+            picks the fastest count up to torch's setting with a quick matmul of the decode's shape
+            (:func:`fastest_threads`; on a busy machine one thread can be several times faster).
 
     Returns:
         ``len(prompts) * num_samples`` Generations, prompt-major, in input order.
@@ -326,6 +370,8 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; load it with tulu_lab.models.load_tokenizer")
+    if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
+        raise ValueError(f"threads must be None, 'auto' or a positive int, got {threads!r}")
     texts = [format_prompt(p, tokenizer) for p in prompts]
     eos_ids = eos_token_ids(model, tokenizer)
     generator = None if seed is None else torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -337,10 +383,15 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
     batches = [order[i:i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
     show = progress if progress is not None else len(batches) > 1
     results: list[Generation | None] = [None] * (len(texts) * num_samples)
+    if threads == "auto":
+        config = getattr(model, "config", None)
+        hidden = getattr(config, "hidden_size", 1024)
+        threads = fastest_threads(min(batch_size, len(texts) * num_samples), hidden,
+                                  getattr(config, "intermediate_size", 4 * hidden))
     was_training = model.training
     model.eval()
     try:
-        with _fast_adapters(model):
+        with _fast_adapters(model), num_threads(threads):
             for batch in tqdm(batches, desc="generating", disable=not show, unit="batch"):
                 toks, lps, finish = _generate_batch(
                     model, tokenizer, [texts[i] for i in batch], repeats=num_samples,

@@ -72,7 +72,7 @@ import torch
 import torch.nn as nn
 
 from tulu_lab.config import RLVRConfig
-from tulu_lab.generate import format_prompt, generate
+from tulu_lab.generate import fastest_threads, format_prompt, generate, num_threads
 from tulu_lab.losses import (
     IGNORE_INDEX,
     gae,
@@ -641,15 +641,17 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
 
 
 def rollout(cfg: RLVRConfig, model, tokenizer, rows: list[dict], prompt_texts: list[str], *, seed: int,
-            reward_model: RewardModel | None = None, global_offset: int = 0) -> tuple[RolloutBatch, dict]:
-    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts."""
+            reward_model: RewardModel | None = None, global_offset: int = 0,
+            threads: int | str | None = None) -> tuple[RolloutBatch, dict]:
+    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts.
+    ``threads`` is passed to :func:`tulu_lab.generate.generate` (None, an int or "auto")."""
     device = next(model.parameters()).device
     k = cfg.samples_per_prompt
     with autocast(cfg, device):
         generations = generate(model, tokenizer, prompt_texts, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, num_samples=k, seed=seed,
                                batch_size=min(MAX_GENERATION_BATCH, max(len(prompt_texts) * k, 1)),
-                               progress=False)
+                               progress=False, threads=threads)
     correct = [_verify(rows[g.prompt_index], g.text) for g in generations]
     stopped = [g.stopped for g in generations]
     base_score = None
@@ -708,7 +710,8 @@ def evaluate_accuracy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens:
 
 def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_data: Sequence[dict] | None = None,
                reward_model: RewardModel | None = None, resume: bool = True, progress: bool = True,
-               save_merged: bool = True, time_limit_s: float | None = None) -> dict[str, Any]:
+               save_merged: bool = True, time_limit_s: float | None = None,
+               threads: int | str | None = None) -> dict[str, Any]:
     """Train ``model`` with RLVR (``cfg.algorithm``: "ppo" Tülu 3, "grpo" Tülu 3.1).
 
     Args:
@@ -729,6 +732,11 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         time_limit_s: stop after the step during which this many seconds (of this call) have passed,
             before ``cfg.num_steps``; a checkpoint is written there, so a later call can continue. The
             schedule still spans ``cfg.num_steps``.
+        threads: intra-op threads per phase. None keeps torch's setting; an int sets it; "auto" picks,
+            each step, the fastest count up to torch's setting for the decode and for the score pass and
+            update separately (a quick matmul of each phase's shape, ``tulu_lab.generate.fastest_threads``):
+            on a shared machine multi-threaded kernels wait for descheduled threads and one thread can be
+            several times faster. "auto" can change float rounding between runs (thread counts differ).
 
     Returns:
         ``{"output_dir", "final_dir", "steps" (completed), "episodes", "stopped_early", "metrics" (every
@@ -745,6 +753,8 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     if reward_model is not None and cfg.reward_model_weight == 0:
         raise ValueError("train_rlvr: a reward_model was given but cfg.reward_model_weight is 0; "
                          "set reward_model_weight > 0 (the paper's ablation) or drop the reward model")
+    if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
+        raise ValueError(f"train_rlvr: threads must be None, 'auto' or a positive int, got {threads!r}")
     if reward_model is None and cfg.reward_model_weight > 0:
         raise ValueError(f"train_rlvr: cfg.reward_model_weight is {cfg.reward_model_weight} but no reward_model was given")
 
@@ -814,14 +824,15 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         mine = [usable[i] for i in step_rows[world.rank * local_prompts:(world.rank + 1) * local_prompts]]
         batch, info = rollout(cfg, model, tokenizer, [rows[i] for i in mine], [prompt_texts[i] for i in mine],
                               seed=_derived_seed(cfg.seed, step, world.rank), reward_model=reward_model,
-                              global_offset=world.rank * local_prompts * cfg.samples_per_prompt)
+                              global_offset=world.rank * local_prompts * cfg.samples_per_prompt, threads=threads)
         generate_time = timer.lap()
-        # ---- 3. score pass + 4. advantages ----
-        score_rollout(cfg, model, batch, value_head=value_head, ref_model=ref_model)
-        compute_advantages(cfg, batch, world)
-        # ---- 5. update ----
-        stats = rlvr_update(cfg, model, optimizer, batch, value_head=value_head, step=step, world=world,
-                            params=params)
+        with num_threads(_update_threads(threads, batch, cfg, model)):
+            # ---- 3. score pass + 4. advantages ----
+            score_rollout(cfg, model, batch, value_head=value_head, ref_model=ref_model)
+            compute_advantages(cfg, batch, world)
+            # ---- 5. update ----
+            stats = rlvr_update(cfg, model, optimizer, batch, value_head=value_head, step=step, world=world,
+                                params=params)
         scheduler.step()
         update_time = timer.lap()
 
@@ -868,6 +879,16 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     return {"output_dir": str(cfg.output_dir), "final_dir": str(final_dir) if final_dir else None,
             "steps": last_step, "episodes": last_step * cfg.rollout_batch, "stopped_early": stopped_early,
             "metrics": history, "final": final, "eval_accuracy": eval_accuracy, "model": model}
+
+
+def _update_threads(threads: int | str | None, batch: RolloutBatch, cfg: RLVRConfig, model) -> int | None:
+    """Threads for the score pass and update: as given, or ("auto") the fastest for a matmul of one
+    micro-batch's tokens through the MLP's first projection."""
+    if threads != "auto":
+        return threads
+    config = _base_model(model).config
+    tokens = sum(len(r) for r in batch.response_ids[:cfg.per_device_batch]) + len(batch.prompt_ids[0])
+    return fastest_threads(min(tokens, 1024), config.hidden_size, config.intermediate_size)
 
 
 def _distributed_accuracy(model, tokenizer, rows, cfg, world: World) -> float:
