@@ -428,7 +428,7 @@ def trl_config(variant: str, steps: int, output_dir: Path, seed: int):
         per_device_train_batch_size=SAMPLES_PER_PROMPT, gradient_accumulation_steps=PROMPTS_PER_STEP,
         num_generations=SAMPLES_PER_PROMPT, max_completion_length=MAX_COMPLETION, temperature=1.0,
         beta=BETA, learning_rate=LEARNING_RATE, adam_epsilon=1e-5, max_grad_norm=1.0, weight_decay=0.0,
-        lr_scheduler_type="linear", warmup_ratio=0.0, shuffle_dataset=False, logging_steps=1,
+        lr_scheduler_type="linear", warmup_steps=0, shuffle_dataset=False, logging_steps=1,
         report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
     )
     settings.update(TRL_VARIANTS[variant])

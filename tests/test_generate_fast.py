@@ -96,3 +96,19 @@ def test_reserved_cache_matches_dynamic_cache(tiny):
             assert torch.allclose(a.logits, b.logits, atol=1e-6)
             nxt = a.logits[:, -1].argmax(-1, keepdim=True)
     assert a.cache.get_seq_length() == b.cache.get_seq_length() == 9
+
+
+def test_thread_choice_is_scoped(tiny):
+    model, tok = tiny
+    before = torch.get_num_threads()
+    assert 1 <= gen_module.fastest_threads(8, 32, 64) <= before
+    assert gen_module.fastest_threads(8, 32, 64, max_threads=1) == 1
+    with gen_module.num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    one = generate(model, tok, PROMPTS, max_new_tokens=6, threads=1)
+    auto = generate(model, tok, PROMPTS, max_new_tokens=6, threads="auto")
+    assert [g.token_ids for g in one] == [g.token_ids for g in auto]
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        generate(model, tok, PROMPTS, threads=0)
