@@ -41,6 +41,11 @@ Where this departs from the paper / open-instruct
   shared multi-turn history the earlier turns cancel between chosen and rejected for "dpo" and
   nearly so for "dpo_norm".
 * The reference cache is recomputed at the start of every call (also on resume) rather than stored.
+
+Launching: one process, ``torchrun --nproc_per_node N`` or ``accelerate launch`` (DDP, FSDP,
+DeepSpeed) run the same code; ``cfg.num_processes`` must equal the number launched. Checkpoints and
+``final`` are written from the main process's unsharded parameters, so exact resume is for one
+process or DDP; with parameters sharded by FSDP / DeepSpeed ZeRO-3 they would need gathering first.
 """
 
 from __future__ import annotations

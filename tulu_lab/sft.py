@@ -45,6 +45,11 @@ Where this departs from the paper / open-instruct
 * Examples left without any label after truncation to ``max_seq_len`` are dropped before training
   and counted (``dropped_examples``); open-instruct filters them the same way.
 * ``loss`` is logged as the per-token mean (open-instruct logs the summed loss / accumulation steps).
+
+Launching: one process, ``torchrun --nproc_per_node N`` or ``accelerate launch`` (DDP, FSDP,
+DeepSpeed) run the same code; ``cfg.num_processes`` must equal the number launched. Checkpoints and
+``final`` are written from the main process's unsharded parameters, so exact resume is for one
+process or DDP; with parameters sharded by FSDP / DeepSpeed ZeRO-3 they would need gathering first.
 """
 
 from __future__ import annotations
