@@ -101,25 +101,32 @@ def num_threads(count: int | None):
 
 
 def fastest_threads(rows: int, width: int, out_width: int, max_threads: int | None = None, repeats: int = 3) -> int:
-    """The thread count, 1 .. ``max_threads`` (default: the current count), that multiplies a
-    ``(rows x width) @ (width x out_width)`` float32 product fastest right now (best of ``repeats``).
+    """The thread count, 1 .. ``max_threads`` (default: the current count), that runs a small piece of
+    a transformer layer fastest right now: a ``(rows x width) @ (width x out_width)`` float32 product
+    and four elementwise kernels on its output (best of ``repeats``).
 
-    On an idle machine more threads win; on a shared one each multi-threaded kernel waits for its
-    slowest thread to be scheduled again (a few milliseconds each time), which can make every small
-    kernel of a decode step, and even large ones, several times slower than on one thread.
+    On an idle machine more threads win; on a shared one every multi-threaded kernel waits for its
+    slowest thread to be scheduled again (milliseconds each time), which can make a decode step, or a
+    training forward with its thousands of elementwise kernels, several times slower than on one thread.
     """
     max_threads = max_threads or torch.get_num_threads()
     if max_threads <= 1:
         return 1
     a, b = torch.randn(rows, width), torch.randn(width, out_width)
+
+    def layer_piece():
+        y = a @ b
+        y = torch.nn.functional.silu(y) * y
+        return (y + y).sum()
+
     best_seconds, best = float("inf"), max_threads
     for count in range(max_threads, 0, -1):
         with num_threads(count):
-            a @ b  # warm-up: thread pools and kernel selection
+            layer_piece()  # warm-up: thread pools and kernel selection
             seconds = float("inf")
             for _ in range(repeats):
                 started = time.perf_counter()
-                a @ b
+                layer_piece()
                 seconds = min(seconds, time.perf_counter() - started)
         if seconds < best_seconds:
             best_seconds, best = seconds, count
