@@ -354,7 +354,7 @@ def run_ours(args, channel: Channel) -> None:
         if args.profile and step["index"] == args.warmup:
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
             profiler.__enter__()
-        times["start"] = time.perf_counter()
+        times["start"], times["cpu_start"] = time.perf_counter(), time.process_time()
         batch, info = timed("rollout", originals["rollout"])(*a, **k)
         step["shape"] = StepShape(prompt_lens=[len(p) for p in batch.prompt_ids],
                                   response_lens=[len(r) for r in batch.response_ids], group_size=batch.group_size)
@@ -365,14 +365,14 @@ def run_ours(args, channel: Channel) -> None:
     def rlvr_update(*a, **k):
         nonlocal profiler
         stats = timed("rlvr_update", originals["rlvr_update"])(*a, **k)
-        seconds = time.perf_counter() - times["start"]
+        seconds, cpu_seconds = time.perf_counter() - times["start"], time.process_time() - times["cpu_start"]
         if profiler is not None:
             profiler.__exit__(None, None, None)
             table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
             (Path(args.out) / "profile_ours.txt").write_text(table)
             profiler = None
         shape = step["shape"]
-        channel.send(kind="step", seconds=seconds, samples=len(shape.response_lens),
+        channel.send(kind="step", seconds=seconds, cpu_seconds=cpu_seconds, samples=len(shape.response_lens),
                      completion_tokens=sum(shape.response_lens), prompt_lens=shape.prompt_lens,
                      response_lens=shape.response_lens, group_size=shape.group_size,
                      reward=statistics.fmean(step["scores"]), accuracy=statistics.fmean(step["correct"]),
@@ -476,12 +476,13 @@ def run_trl(args, channel: Channel) -> None:
             state["scores"].clear()
             state["lengths"].clear()
             state["generate"] = 0.0
-            state["start"] = time.perf_counter()
+            state["start"], state["cpu_start"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, targs, tstate, control, **kwargs):
             seconds = time.perf_counter() - state["start"]
             lengths = state["lengths"]
-            channel.send(kind="step", seconds=seconds, samples=len(lengths), completion_tokens=sum(lengths),
+            channel.send(kind="step", seconds=seconds, cpu_seconds=time.process_time() - state["cpu_start"],
+                         samples=len(lengths), completion_tokens=sum(lengths),
                          response_lens=lengths, reward=statistics.fmean(state["scores"]) if state["scores"] else 0.0,
                          accuracy=statistics.fmean(s == CORRECT for s in state["scores"]) if state["scores"] else 0.0,
                          split={"generate": state["generate"]}, peak_rss=vm_hwm_bytes())
@@ -660,7 +661,7 @@ def parent_main(args) -> None:
 def print_step(side: str, record: dict) -> None:
     split = ", ".join(f"{k} {v:.1f}" for k, v in record.get("split", {}).items() if v)
     roof = f"  roofline {record['roofline']['total']:.1f} s" if "roofline" in record else ""
-    print(f"  {side:18s} {record['seconds']:7.1f} s  {record['samples']:3d} samples  {record['completion_tokens']:5d} tokens"
+    print(f"  {side:18s} {record['seconds']:7.1f} s (CPU {record['cpu_seconds']:6.1f} s)  {record['samples']:3d} samples  {record['completion_tokens']:5d} tokens"
           f"  {record['completion_tokens'] / record['seconds']:6.1f} tok/s  reward {record['reward']:6.2f}  "
           f"peak RSS {gib(record['peak_rss'])}  [{split}]{roof}", flush=True)
 
@@ -691,8 +692,9 @@ def report(args, sides: list[str], records: dict[str, list[dict]], out: Path) ->
         samples = statistics.fmean(r["samples"] for r in timed)
         tokens = sum(r["completion_tokens"] for r in timed) / sum(seconds)
         peak = max(r["peak_rss"] for r in records[side])
-        summary[side] = {"step": step, "samples_per_s": samples / step, "tokens_per_s": tokens, "peak": peak}
-        print(f"  {side:18s} median step {step:7.1f} s (min {min(seconds):.1f}, max {max(seconds):.1f})  "
+        cpu = median([r["cpu_seconds"] for r in timed])
+        summary[side] = {"step": step, "samples_per_s": samples / step, "tokens_per_s": tokens, "peak": peak, "cpu": cpu}
+        print(f"  {side:18s} median step {step:7.1f} s (min {min(seconds):.1f}, max {max(seconds):.1f}; CPU {cpu:.1f} s)  "
               f"{samples / step:5.2f} samples/s  {tokens:6.1f} completion tok/s  peak RSS {gib(peak)}")
     ours = [r for r in records["ours"] if r["timed"]]
     split = {k: median([r["split"][k] for r in ours]) for k in ours[0]["split"]}
@@ -700,8 +702,10 @@ def report(args, sides: list[str], records: dict[str, list[dict]], out: Path) ->
           "update {update:.1f} s (of which backward {backward:.1f} s)".format(**split))
     fractions = [r["roofline"]["total"] / r["seconds"] for r in ours]
     parts = {k: median([r["roofline"][k] for r in ours]) for k in ours[0]["roofline"]}
+    cpu_fraction = median([r["roofline"]["total"] / r["cpu_seconds"] for r in ours])
     print("  roofline for our step (median): " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())
-          + f"; achieved fraction {median(fractions):.2f} (the step takes {1 / median(fractions):.1f}x the estimate)")
+          + f"; achieved fraction {median(fractions):.2f} of wall time (the step takes {1 / median(fractions):.1f}x "
+          f"the estimate), {cpu_fraction:.2f} of the CPU time it used")
     if args.curves:
         write_curves(sides, records, out)
     if len(sides) == 1:
@@ -710,7 +714,8 @@ def report(args, sides: list[str], records: dict[str, list[dict]], out: Path) ->
         return
     fastest = max((s for s in sides if s != "ours"), key=lambda s: summary[s]["samples_per_s"])
     o, t = summary["ours"], summary[fastest]
-    print(f"fastest TRL configuration: {fastest}")
+    print(f"fastest TRL configuration: {fastest}; CPU seconds per step ours/TRL: {o['cpu'] / t['cpu']:.2f}x "
+          f"(on a busy machine CPU time is the work done, wall time includes waiting for a core)")
     print(f"rlvr samples/s ours/TRL: {o['samples_per_s'] / t['samples_per_s']:.1f}x (ours {o['samples_per_s']:.2f}, "
           f"TRL {t['samples_per_s']:.2f}), peak RSS ours/TRL: {o['peak'] / t['peak']:.2f}x, roofline {median(fractions):.2f}")
 

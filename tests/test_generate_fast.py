@@ -112,3 +112,20 @@ def test_thread_choice_is_scoped(tiny):
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         generate(model, tok, PROMPTS, threads=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sampler_draws_the_tempered_distribution(temperature):
+    """Inverse-CDF sampling: frequencies over 20,000 draws match softmax(logits / T) within 4 sigma;
+    a token with -inf logit is never drawn; the reported log-prob is that of the drawn token."""
+    from tulu_lab.generate import sample_next
+
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = torch.log(p).repeat(20_000, 1)
+    tokens, logprobs = sample_next(logits, temperature, 1.0, torch.Generator().manual_seed(0))
+    expected = torch.softmax(torch.log(p) / temperature, -1)
+    counts = torch.bincount(tokens, minlength=5).double() / len(tokens)
+    sigma = (expected * (1 - expected) / len(tokens)).sqrt()
+    assert counts[4] == 0
+    assert torch.all((counts - expected).abs() <= 4 * sigma + 1e-12), (counts, expected)
+    assert torch.allclose(logprobs, torch.log(expected)[tokens].float(), atol=1e-5)

@@ -70,21 +70,28 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
 
     Greedy when temperature == 0. Top-p filtering shapes the sampling distribution only: the log-prob
     reported is that of the untruncated tempered distribution, which is what the policy assigns.
+    Sampling inverts the cumulative distribution (float64) with one uniform draw per row: the same
+    distribution as ``torch.multinomial``, without drawing a random number per vocabulary entry.
     """
     logits = logits.float()
     if temperature == 0:
         tokens = logits.argmax(dim=-1)
-        logprobs = torch.log_softmax(logits, dim=-1)
+        scaled = logits
+        log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
     else:
-        logprobs = torch.log_softmax(logits / temperature, dim=-1)
-        probs = logprobs.exp()
+        scaled = logits / temperature if temperature != 1.0 else logits
+        log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
+        probs = torch.exp(scaled - log_norm)
         if top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest nucleus
             sorted_probs = sorted_probs.masked_fill(outside, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+        cdf = probs.double().cumsum(dim=-1)
+        draw = torch.rand((cdf.size(0), 1), generator=generator, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+        # the first entry whose cumulative mass exceeds the draw; zero-mass entries are never picked
+        tokens = torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.size(-1) - 1)
+    return tokens, (scaled.gather(-1, tokens[:, None]) - log_norm).squeeze(-1)
 
 
 @contextmanager
