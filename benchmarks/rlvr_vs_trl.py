@@ -654,7 +654,7 @@ def parent_main(args) -> None:
         for child in children.values():
             child.close()
     sides = list(children)
-    (out / "records.json").write_text(json.dumps({side: records[side] for side in sides}, indent=1))
+    (out / "records.json").write_text(json.dumps(records, indent=1))
     report(args, sides, records, out)
 
 
