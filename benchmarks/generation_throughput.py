@@ -1,10 +1,11 @@
 """Generation-only throughput: tulu_lab.generate.generate against transformers' model.generate.
 
-    python benchmarks/generation_throughput.py                     # batch 1, 8, 32; 64 new tokens; bf16
+    python benchmarks/generation_throughput.py                     # batch 1, 8, 32; 64 new tokens
     python benchmarks/generation_throughput.py --batches 1,8,32 --new-tokens 64 --threads 2 --lora
 
-The embedded SmolLM2-135M-Instruct (bf16 weights, bf16 autocast) answers synthetic GSM-style word
-problems in the Tülu chat template, greedily, at each batch size: the same prompts for both samplers,
+The embedded SmolLM2-135M-Instruct (bf16 where the CPU has bf16 matrix instructions, else float32, as
+``load_model`` picks) answers synthetic GSM-style word problems in the Tülu chat template, greedily, at
+each batch size, on the same threads: the same prompts for both samplers,
 each run twice in alternation (ours, HF, ours, HF) and the faster run kept. Throughput counts the
 tokens each response really has (up to and including EOS), divided by wall time; rows that finish
 early stop costing time in our sampler, while HF keeps them in the batch until the last one ends.
@@ -64,6 +65,13 @@ def response_lengths(sequences: torch.Tensor, prompt_width: int, eos_ids: list[i
     return first.tolist()
 
 
+def compute_autocast():
+    """bf16 autocast where bf16 is native, else nothing (the weights are float32 there)."""
+    from tulu_lab.models import bf16_is_fast
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_is_fast("cpu"))
+
+
 def hf_generate(model, tokenizer, messages, *, new_tokens: int, temperature: float, samples: int) -> tuple[float, int]:
     from tulu_lab.generate import eos_token_ids, format_prompt
 
@@ -72,30 +80,32 @@ def hf_generate(model, tokenizer, messages, *, new_tokens: int, temperature: flo
     kwargs = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=temperature, top_k=0,
                                                                    top_p=1.0, num_return_sequences=samples)
     started = time.perf_counter()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), compute_autocast():
         out = model.generate(**enc, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs)
     seconds = time.perf_counter() - started
     return seconds, sum(response_lengths(out, enc["input_ids"].size(1), eos_token_ids(model, tokenizer)))
 
 
-def ours_generate(model, tokenizer, messages, *, new_tokens: int, temperature: float, samples: int):
+def ours_generate(model, tokenizer, messages, *, new_tokens: int, temperature: float, samples: int, threads=None):
     from tulu_lab.generate import generate
 
     started = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with compute_autocast():
         gens = generate(model, tokenizer, messages, max_new_tokens=new_tokens, temperature=temperature,
-                        num_samples=samples, batch_size=len(messages) * samples, seed=0, progress=False)
+                        num_samples=samples, batch_size=len(messages) * samples, seed=0, progress=False,
+                        threads=threads)
     seconds = time.perf_counter() - started
     return seconds, sum(len(g.token_ids) for g in gens), gens
 
 
-def compare(model, tokenizer, messages, *, new_tokens: int, temperature: float, samples: int, label: str):
+def compare(model, tokenizer, messages, *, new_tokens: int, temperature: float, samples: int, label: str,
+            threads=None):
     """Best of two alternated runs per side; prints one line and returns our generations."""
     best = {"ours": (float("inf"), 0), "hf": (float("inf"), 0)}
     gens = []
     for _ in range(2):
         s, n, gens = ours_generate(model, tokenizer, messages, new_tokens=new_tokens, temperature=temperature,
-                                   samples=samples)
+                                   samples=samples, threads=threads)
         best["ours"] = min(best["ours"], (s, n))
         s, n = hf_generate(model, tokenizer, messages, new_tokens=new_tokens, temperature=temperature,
                            samples=samples)
@@ -129,24 +139,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lora", action="store_true", help="attach rank-16 LoRA adapters (as in RLVR)")
     parser.add_argument("--sampled", action="store_true", help="also the RLVR shape: 2 prompts x 8 samples, T=1, 96 tokens")
+    parser.add_argument("--ours-threads", default=None,
+                        help="ours: 'auto' (the fastest count up to --threads, measured) or a count; default --threads")
     parser.add_argument("--verifier-seconds", type=float, default=2.0)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    if args.ours_threads not in (None, "auto") and not (args.ours_threads.isdigit() and int(args.ours_threads) >= 1):
+        parser.error(f"--ours-threads must be 'auto' or a positive integer, got {args.ours_threads!r}")
+    threads = None if args.ours_threads is None else (args.ours_threads if args.ours_threads == "auto"
+                                                      else int(args.ours_threads))
     if not batches or min(batches) < 1:
         parser.error(f"--batches must list positive integers, got {args.batches!r}")
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load(args.lora)
-    print(f"SmolLM2-135M-Instruct, bf16, {torch.get_num_threads()} threads, {args.new_tokens} new tokens, "
+    print(f"SmolLM2-135M-Instruct, {model.dtype}, {torch.get_num_threads()} threads (ours: {threads or 'the same'}), "
+          f"{args.new_tokens} new tokens, "
           f"greedy{', LoRA r16' if args.lora else ''}", flush=True)
     pool = prompts(max(batches + [2]))
     gens = []
     for batch in batches:
         gens = compare(model, tokenizer, pool[:batch], new_tokens=args.new_tokens, temperature=0.0, samples=1,
-                       label=f"batch {batch:3d}")
+                       label=f"batch {batch:3d}", threads=threads)
     if args.sampled:
         gens = compare(model, tokenizer, pool[:2], new_tokens=96, temperature=1.0, samples=8,
-                       label="2 prompts x 8 samples, T=1, 96 tokens")
+                       label="2 prompts x 8 samples, T=1, 96 tokens", threads=threads)
 
     from tulu_lab.data import generate_word_problems, rlvr_row
 
