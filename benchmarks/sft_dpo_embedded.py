@@ -35,6 +35,7 @@ Targets: SFT format >= 95% and accuracy above the instruct model; DPO held-out p
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import re
@@ -117,6 +118,8 @@ def main() -> None:
                         help="auto: the presets' bf16-autocast (bf16 weights) where this CPU has bf16 matrix "
                              "units, else fp32 weights and compute")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="redo every stage (default: reuse stages an earlier run with the same settings finished)")
     args = parser.parse_args()
 
     import torch
@@ -150,9 +153,15 @@ def main() -> None:
     held_out_pairs = [preference_row(p, seed=args.seed) for p in test]
     train_keys = {p.key for p in train}
     assert not any(p.key in train_keys for p in test), "held-out problems leaked into training"
-    results: dict = {"settings": {**vars(args), "sft_examples": n_sft, "dpo_pairs": n_dpo,
-                                  "sft_config": sft_cfg.to_dict(), "dpo_config": dpo_cfg.to_dict(),
-                                  "torch_threads": torch.get_num_threads()}}
+    settings = {"sft_config": sft_cfg.to_dict(), "dpo_config": dpo_cfg.to_dict(), "n_test": args.n_test,
+                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "sft_examples": n_sft, "dpo_pairs": n_dpo}
+    results: dict = {"settings": settings}
+    # Stages already finished by an earlier run with the same settings (e.g. one stopped by the
+    # out-of-memory killer on a shared machine) are reused: their figures and their saved models.
+    earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    if args.fresh or earlier.get("settings") != settings:
+        earlier = {}
+    results["run"] = {"threads": torch.get_num_threads(), "precision": args.precision}
 
     def report(stage: str, figures: dict) -> None:
         results[stage] = figures
@@ -160,41 +169,68 @@ def main() -> None:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items() if k != "example"}
         print(f"[bench] {stage}: {shown}", flush=True)
 
-    # ---- 1. the instruct model ----
-    model, tokenizer = load_model("smollm2-135m", dtype=weights_dtype, verbose=False)
-    install_tulu_template(tokenizer)
-    report("instruct", evaluate_greedy(model, tokenizer, test, max_new_tokens=args.max_new_tokens,
-                                  responses_path=out / "responses_instruct.jsonl",
-                                       batch_size=args.batch_size))
+    def reuse(stage: str, *needed: Path) -> bool:
+        if stage in earlier and all(path.exists() for path in needed):
+            print(f"[bench] reusing {stage} from the earlier run in {out}", flush=True)
+            report(stage, earlier[stage])
+            return True
+        return False
 
-    # ---- 2. SFT ----
-    sft = train_sft(sft_cfg, model, tokenizer, sft_data, resume=False)
-    report("sft_training", {k: v for k, v in sft.items() if k != "model"})
-    del model, sft
-    gc.collect()
-    model, tokenizer = load_model(out / "sft" / "final", dtype=weights_dtype, verbose=False)
-    install_tulu_template(tokenizer)
-    report("sft", evaluate_greedy(model, tokenizer, test, max_new_tokens=args.max_new_tokens,
-                                  responses_path=out / "responses_sft.jsonl",
-                                  batch_size=args.batch_size))
+    def release() -> None:
+        """Give freed memory back to the system between stages (the machine is shared)."""
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
 
-    # ---- 3. DPO from the SFT model ----
-    before = {"own_preference": own_preference(model, tokenizer, held_out_pairs, precision=dpo_cfg.precision)}
-    dpo = train_dpo(dpo_cfg, model, tokenizer, dpo_pairs, resume=False)
-    report("dpo_training", {k: v for k, v in dpo.items() if k != "model"})
-    policy = dpo["model"]
-    after = {
-        "preference_accuracy": preference_accuracy(policy, tokenizer, held_out_pairs, beta=dpo_cfg.beta,
-                                                   loss_type=dpo_cfg.loss_type, max_seq_len=512, batch_size=16,
-                                                   precision=dpo_cfg.precision),
-        "own_preference": own_preference(policy, tokenizer, held_out_pairs, precision=dpo_cfg.precision),
-    }
-    report("preference_before_dpo", {"preference_accuracy": 0.0, **before,
-                                     "note": "policy == reference before DPO: every implicit margin is 0"})
-    report("preference_after_dpo", after)
-    report("dpo", evaluate_greedy(policy, tokenizer, test, max_new_tokens=args.max_new_tokens,
-                                  responses_path=out / "responses_dpo.jsonl",
-                                  batch_size=args.batch_size))
+    def evaluate(stage: str, model, tokenizer) -> None:
+        report(stage, evaluate_greedy(model, tokenizer, test, max_new_tokens=args.max_new_tokens,
+                                      batch_size=args.batch_size, responses_path=out / f"responses_{stage}.jsonl"))
+
+    sft_final, dpo_adapter = out / "sft" / "final", out / "dpo" / "final" / "adapter"
+
+    # ---- 1. the instruct model, then SFT ----
+    if not (reuse("instruct") and reuse("sft_training", sft_final / "summary.json")):
+        model, tokenizer = load_model("smollm2-135m", dtype=weights_dtype, verbose=False)
+        install_tulu_template(tokenizer)
+        if "instruct" not in results:
+            evaluate("instruct", model, tokenizer)
+        sft = train_sft(sft_cfg, model, tokenizer, sft_data, resume=False)
+        report("sft_training", {k: v for k, v in sft.items() if k != "model"})
+        del model, sft
+        release()
+
+    # ---- 2. the SFT model ----
+    model, tokenizer = load_model(sft_final, dtype=weights_dtype, verbose=False)
+    install_tulu_template(tokenizer)
+    if not reuse("sft"):
+        evaluate("sft", model, tokenizer)
+    if not reuse("preference_before_dpo"):
+        report("preference_before_dpo", {
+            "preference_accuracy": 0.0,
+            "own_preference": own_preference(model, tokenizer, held_out_pairs, precision=dpo_cfg.precision),
+            "note": "policy == reference before DPO: every implicit margin is 0"})
+
+    # ---- 3. DPO from the SFT model (reference: the SFT model = the policy with adapters disabled) ----
+    if reuse("dpo_training", dpo_adapter / "adapter_config.json"):
+        del model
+        release()
+        policy, tokenizer = load_model(sft_final, dtype=weights_dtype, lora=str(dpo_adapter), verbose=False)
+        install_tulu_template(tokenizer)
+    else:
+        dpo = train_dpo(dpo_cfg, model, tokenizer, dpo_pairs, resume=False)
+        report("dpo_training", {k: v for k, v in dpo.items() if k != "model"})
+        policy = dpo.pop("model")
+    if not reuse("preference_after_dpo"):
+        report("preference_after_dpo", {
+            "preference_accuracy": preference_accuracy(policy, tokenizer, held_out_pairs, beta=dpo_cfg.beta,
+                                                       loss_type=dpo_cfg.loss_type, max_seq_len=512,
+                                                       batch_size=16, precision=dpo_cfg.precision),
+            "own_preference": own_preference(policy, tokenizer, held_out_pairs, precision=dpo_cfg.precision)})
+    if not reuse("dpo"):
+        evaluate("dpo", policy, tokenizer)
+    before, after = results["preference_before_dpo"], results["preference_after_dpo"]
 
     # ---- summary ----
     print("\n=== SFT -> DPO on the embedded model (held-out synthetic problems, default difficulty) ===")

@@ -369,6 +369,7 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
     if accelerator.is_main_process:
         save_final(unwrapped, tokenizer, cfg.output_dir, cfg, summary)
     accelerator.wait_for_everyone()
+    accelerator.free_memory()  # drop the accelerator's references to the optimiser and wrapped model
     unwrapped.eval()
     return {**summary, "model": unwrapped}
 

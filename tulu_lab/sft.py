@@ -284,5 +284,6 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
     if accelerator.is_main_process:
         save_final(unwrapped, tokenizer, cfg.output_dir, cfg, summary)
     accelerator.wait_for_everyone()
+    accelerator.free_memory()  # drop the accelerator's references to the optimiser and wrapped model
     unwrapped.eval()
     return {**summary, "model": unwrapped}
