@@ -21,14 +21,24 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny(tiny_model_dir):
-    """(model, tokenizer) loaded through the real loader, Tülu template installed."""
+def tiny_loaded(tiny_model_dir):
+    """(model, tokenizer) loaded once through the real loader, Tülu template installed."""
     from tulu_lab.chat import install_tulu_template
     from tulu_lab.models import load_model
 
     model, tokenizer = load_model(tiny_model_dir, dtype="fp32", verbose=False)
     install_tulu_template(tokenizer)
     return model, tokenizer
+
+
+@pytest.fixture
+def tiny(tiny_loaded):
+    """A private copy of the tiny model per test: a test that wraps, freezes or trains it cannot leak
+    that state (e.g. requires_grad=False from a LoRA wrapper) into the tests after it."""
+    import copy
+
+    model, tokenizer = tiny_loaded
+    return copy.deepcopy(model), copy.deepcopy(tokenizer)
 
 
 @pytest.fixture(scope="session")
