@@ -592,7 +592,7 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
                                         batch.returns[micro_rows, :t].to(device), mask, cfg.value_clip)
                     loss = pg.loss + cfg.vf_coef * vl.loss
                     policy_loss, clip_fraction = pg.loss.detach(), pg.clip_fraction
-                    sums["value"] += float(vl.loss) * weight
+                    sums["value"] += float(vl.loss.detach()) * weight
                     sums["vclip"] += float(vl.clip_fraction) * n_tokens
                 else:
                     ref = batch.ref_logprobs[micro_rows, :t].to(device) if batch.ref_logprobs is not None else None
