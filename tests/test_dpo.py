@@ -79,6 +79,15 @@ def test_cached_and_uncached_reference_give_the_same_run(tiny_model_dir, tmp_pat
         torch.testing.assert_close(w_cached[name], w_uncached[name], atol=1e-5, rtol=1e-4)
 
 
+def test_reference_cache_covers_exactly_the_pairs_a_run_trains_on(tmp_path):
+    from tulu_lab.dpo import pairs_in_run
+
+    cfg = config(tmp_path, per_device_batch=2, gradient_accumulation=2)  # 4 pairs per step
+    assert len(pairs_in_run(16, cfg, 3)) == 12          # 3 of the 4 steps of an epoch
+    assert pairs_in_run(16, cfg, 4) == list(range(16))  # a whole epoch
+    assert pairs_in_run(16, cfg, 6) == list(range(16))  # and into the next one
+
+
 @pytest.mark.parametrize("loss_type", ["dpo_norm", "dpo"])
 def test_logged_rewards_follow_the_loss_type(tiny_model_dir, tmp_path, loss_type):
     """Step 1 logs the rewards of the starting policy: with adapters already away from zero they are

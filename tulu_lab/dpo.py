@@ -163,18 +163,20 @@ class _Reference:
 
 
 def reference_cache(reference: _Reference, encoded, cfg, accelerator, pad_id: int, *,
-                    progress: bool = True) -> torch.Tensor:
+                    only: Sequence[int] | None = None, progress: bool = True) -> torch.Tensor:
     """``(n_pairs, 2)`` summed reference log-probs (chosen, rejected), computed in one pass.
 
-    Each process scores every ``num_processes``-th pair (all in lockstep, equal counts, so sharded
-    models can run their collectives), then the results are gathered to every process.
+    ``only``: the pairs to score (the others stay NaN); default all. Each process scores every
+    ``num_processes``-th of them (all in lockstep, equal counts, so sharded models can run their
+    collectives), then the results are gathered to every process.
     """
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     n, world, rank = len(encoded), accelerator.num_processes, accelerator.process_index
-    mine = list(range(rank, n, world))
-    per_process = -(-n // world)
+    wanted = sorted(set(only)) if only is not None else list(range(n))
+    mine = wanted[rank::world]
+    per_process = -(-len(wanted) // world)
     mine += mine[-1:] * (per_process - len(mine))  # pad by repeating: identical work counts
     results: list[tuple[int, float, float]] = []
     batches = [mine[i:i + cfg.per_device_batch] for i in range(0, len(mine), cfg.per_device_batch)]
@@ -188,9 +190,24 @@ def reference_cache(reference: _Reference, encoded, cfg, accelerator, pad_id: in
     cache = torch.full((n, 2), float("nan"), dtype=torch.float64)
     for i, chosen, rejected in results:
         cache[i, 0], cache[i, 1] = chosen, rejected
-    if torch.isnan(cache).any():
+    if torch.isnan(cache[wanted]).any():
         raise RuntimeError("reference cache: some pairs were not scored")
     return cache
+
+
+def pairs_in_run(n_pairs: int, cfg, total_steps: int) -> list[int]:
+    """Every pair index some process trains on in steps ``0 .. total_steps - 1`` (a run shorter than
+    an epoch needs reference log-probs for these only)."""
+    steps_per_epoch = max(1, n_pairs // cfg.effective_batch)
+    used: set[int] = set()
+    for step in range(total_steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        order = epoch_order(n_pairs, cfg.seed, epoch)
+        for rank in range(cfg.num_processes):
+            for micro in step_micro_batches(order, position, cfg.per_device_batch, cfg.gradient_accumulation,
+                                            cfg.num_processes, rank):
+                used.update(micro)
+    return sorted(used)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +280,8 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
 
     # Reference log-probs BEFORE loading a checkpoint: for full fine-tuning the untouched starting
     # weights are the reference (with LoRA the adapters are disabled, so the order does not matter).
-    cache = reference_cache(reference, encoded, cfg, accelerator, pad_id, progress=progress) if cache_reference else None
+    cache = (reference_cache(reference, encoded, cfg, accelerator, pad_id, progress=progress,
+                             only=pairs_in_run(len(encoded), cfg, total_steps)) if cache_reference else None)
 
     log = MetricsLog(cfg.metrics_path, enabled=accelerator.is_main_process)
     if not resume and accelerator.is_main_process:

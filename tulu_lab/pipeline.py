@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,21 +34,30 @@ ANSWER_LINE = re.compile(r"^#### -?[\d,]*\.?\d+\s*$")
 
 @dataclass(frozen=True)
 class RecipeSettings:
-    """Sizes of the embedded recipe (full run, and the smoke run used by CI and first looks)."""
+    """Sizes of the embedded recipe (full run, and the smoke run used by CI and first looks).
+
+    Sized for 2 CPU cores in float32 (about 7 s per SFT step of 8 examples, 18 s per RLVR step of
+    16 samples): the learning rates are LoRA rates for a few dozen steps, 5x / 4x / 10x the CPU
+    presets' (which assume a few hundred steps).
+    """
     seed: int = 0
     n_train: int = 3000            # training problems (SFT, preference pairs and RLVR prompts come from these)
     n_test: int = 400              # held-out problems, never trained on
-    sft_steps: int = 150           # batch 8: 1,200 demonstrations
-    dpo_steps: int = 60            # 8 pairs per step: 480 pairs
+    sft_steps: int = 40            # batch 8: 320 demonstrations
+    sft_lr: float = 1e-3
+    dpo_steps: int = 15            # 8 pairs per step: 120 pairs
+    dpo_lr: float = 2e-4
     dpo_heldout_pairs: int = 200   # preference accuracy is measured on pairs built from test problems
     rlvr_steps: int = 60           # 2 prompts x 8 samples per step
+    rlvr_lr: float = 2e-4
     rlvr_beta: float = 0.04
+    rlvr_minutes: float = 20.0     # wall-time cap of the RLVR stage (a stopped run can be continued)
     max_new_tokens: int = 96       # responses to 1-2-step problems take 30-70 tokens
 
 
 FULL = RecipeSettings()
 SMOKE = RecipeSettings(n_train=64, n_test=16, sft_steps=2, dpo_steps=2, dpo_heldout_pairs=8, rlvr_steps=2,
-                       max_new_tokens=32)
+                       rlvr_minutes=5.0, max_new_tokens=32)
 
 
 def settings(smoke: bool | None = None) -> RecipeSettings:
@@ -68,11 +78,13 @@ def _finished(stage: str, smoke: bool | None) -> Path | None:
     return final if json.loads(marker.read_text()) == asdict(settings(smoke)) else None
 
 
-def _mark_finished(stage: str, smoke: bool | None) -> None:
-    """Record the settings the stage was trained with; earlier held-out results are now stale."""
+def _mark_finished(stage: str, smoke: bool | None, seconds: float) -> None:
+    """Record the settings the stage was trained with and how long it took; earlier held-out results
+    are now stale."""
     for stale in ("heldout.json", "heldout_preference.json"):
         (stage_dir(stage, smoke) / stale).unlink(missing_ok=True)
     (stage_dir(stage, smoke) / "recipe.json").write_text(json.dumps(asdict(settings(smoke)), indent=2))
+    (stage_dir(stage, smoke) / "wall_time.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,11 +148,13 @@ def run_sft(smoke: bool | None = None, force: bool = False, **overrides: Any) ->
     if not force and (done := _finished("sft", smoke)):
         return done
     s = settings(smoke)
-    cfg = SFTConfig.cpu_preset(output_dir=str(stage_dir("sft", smoke)), max_steps=s.sft_steps, seed=s.seed,
-                               checkpoint_every=max(1, s.sft_steps // 5), **overrides)
+    values = dict(output_dir=str(stage_dir("sft", smoke)), max_steps=s.sft_steps, seed=s.seed,
+                  learning_rate=s.sft_lr, checkpoint_every=max(1, s.sft_steps // 5))
+    cfg = SFTConfig.cpu_preset(**{**values, **overrides})
+    started = time.perf_counter()
     model, tokenizer = load_stage("instruct", smoke)
     summary = train_sft(cfg, model, tokenizer, embedded_data(smoke)["sft"])
-    _mark_finished("sft", smoke)
+    _mark_finished("sft", smoke, time.perf_counter() - started)
     return Path(summary["final_dir"])
 
 
@@ -153,11 +167,13 @@ def run_dpo(smoke: bool | None = None, force: bool = False, **overrides: Any) ->
         return done
     s = settings(smoke)
     run_sft(smoke)
-    cfg = DPOConfig.cpu_preset(output_dir=str(stage_dir("dpo", smoke)), max_steps=s.dpo_steps, seed=s.seed,
-                               checkpoint_every=max(1, s.dpo_steps // 5), **overrides)
+    values = dict(output_dir=str(stage_dir("dpo", smoke)), max_steps=s.dpo_steps, seed=s.seed,
+                  learning_rate=s.dpo_lr, checkpoint_every=max(1, s.dpo_steps // 5))
+    cfg = DPOConfig.cpu_preset(**{**values, **overrides})
+    started = time.perf_counter()
     model, tokenizer = load_stage("sft", smoke)
     summary = train_dpo(cfg, model, tokenizer, embedded_data(smoke)["dpo"])
-    _mark_finished("dpo", smoke)
+    _mark_finished("dpo", smoke, time.perf_counter() - started)
     return Path(summary["final_dir"])
 
 
@@ -167,24 +183,40 @@ def rlvr_config(smoke: bool | None = None, **overrides: Any):
 
     s = settings(smoke)
     values = dict(output_dir=str(stage_dir("rlvr", smoke)), max_steps=s.rlvr_steps, total_episodes=None,
-                  seed=s.seed, beta=s.rlvr_beta, max_new_tokens=s.max_new_tokens,
+                  seed=s.seed, beta=s.rlvr_beta, learning_rate=s.rlvr_lr, max_new_tokens=s.max_new_tokens,
                   checkpoint_every=max(1, s.rlvr_steps // 6), eval_every=0)
     values.update(overrides)
     return RLVRConfig.cpu_preset(**values)
 
 
 def run_rlvr(smoke: bool | None = None, force: bool = False, start: str = "dpo", **overrides: Any) -> Path:
-    """GRPO with verifiable rewards from the DPO model (LoRA; reference = adapters disabled)."""
+    """GRPO with verifiable rewards from the DPO model (LoRA; reference = adapters disabled).
+
+    Training stops at ``rlvr_steps`` or after ``rlvr_minutes`` of wall time, whichever comes first
+    (the step count reached is in ``final/summary.json``).
+    """
     from tulu_lab.rlvr import train_rlvr
 
     if not force and (done := _finished("rlvr", smoke)):
         return done
     {"sft": run_sft, "dpo": run_dpo}[start](smoke)
     cfg = rlvr_config(smoke, **overrides)
+    started = time.perf_counter()
     model, tokenizer = load_stage(start, smoke)
-    summary = train_rlvr(cfg, model, tokenizer, embedded_data(smoke)["rlvr"])
-    _mark_finished("rlvr", smoke)
+    summary = train_rlvr(cfg, model, tokenizer, embedded_data(smoke)["rlvr"],
+                         time_limit_s=60 * settings(smoke).rlvr_minutes)
+    _mark_finished("rlvr", smoke, time.perf_counter() - started)
     return Path(summary["final_dir"])
+
+
+def stage_seconds(smoke: bool | None = None) -> dict[str, float]:
+    """Wall time of each finished stage's last training call (loading included), in seconds."""
+    times = {}
+    for stage in STAGES[1:]:
+        path = stage_dir(stage, smoke) / "wall_time.json"
+        if path.is_file():
+            times[stage] = json.loads(path.read_text())["seconds"]
+    return times
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,7 +319,8 @@ def run_ablation(smoke: bool | None = None, betas=ABLATION_BETAS, seeds=ABLATION
     steps = steps or (2 if smoke_on else 20)
     dpo_dir = run_dpo(smoke)
     data = embedded_data(smoke)
-    base = rlvr_config(smoke, max_steps=steps, checkpoint_every=max(1, steps // 4))
+    # eval_every = steps: held-out accuracy once, at the end of each cell
+    base = rlvr_config(smoke, max_steps=steps, checkpoint_every=max(1, steps // 4), eval_every=steps)
 
     def loader(source):
         from tulu_lab.chat import install_tulu_template
