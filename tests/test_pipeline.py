@@ -40,6 +40,18 @@ def test_stages_chain_and_are_not_retrained(recipe):
     assert (recipe / "smoke" / "sft" / "wall_time.json").stat().st_mtime_ns == stamp
 
 
+def test_a_changed_setting_invalidates_that_stage_and_the_ones_after(recipe, monkeypatch):
+    import dataclasses
+
+    pipeline.run_rlvr()
+    monkeypatch.setattr(pipeline, "SMOKE", dataclasses.replace(pipeline.SMOKE, rlvr_lr=1e-5))
+    assert pipeline._finished("sft", None) and pipeline._finished("dpo", None)
+    assert pipeline._finished("rlvr", None) is None
+    monkeypatch.setattr(pipeline, "SMOKE", dataclasses.replace(pipeline.SMOKE, dpo_steps=3))
+    assert pipeline._finished("sft", None)
+    assert pipeline._finished("dpo", None) is None and pipeline._finished("rlvr", None) is None
+
+
 def test_heldout_measurements(recipe):
     pipeline.run_dpo()
     table = pipeline.heldout_table(stages=("sft", "dpo", "rlvr"))  # rlvr not run: left out

@@ -346,3 +346,16 @@ def test_style_is_consistent():
     fig = plotting.plot_405b_comparison()
     assert fig.axes[0].title.get_fontsize() == plotting.STYLE["axes.titlesize"]
     assert np.isclose(matplotlib.rcParams["font.size"], matplotlib.rcParamsDefault["font.size"])
+
+
+def test_smoke_runs_never_write_the_committed_figures(tmp_path, monkeypatch):
+    from tulu_lab import paths
+
+    monkeypatch.delenv("TULU_LAB_FIGURES", raising=False)
+    monkeypatch.setenv("TULU_LAB_RUNS", str(tmp_path))
+    monkeypatch.setenv("TULU_LAB_SMOKE", "0")
+    assert paths.figures_dir() == paths.project_root() / "figures"
+    monkeypatch.setenv("TULU_LAB_SMOKE", "1")
+    assert paths.figures_dir() == tmp_path / "smoke" / "figures"
+    monkeypatch.setenv("TULU_LAB_FIGURES", str(tmp_path / "elsewhere"))
+    assert paths.figures_dir() == tmp_path / "elsewhere"

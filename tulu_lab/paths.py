@@ -20,7 +20,11 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
 
 
 def figures_dir() -> Path:
-    return Path(os.environ.get("TULU_LAB_FIGURES", project_root() / "figures"))
+    """figures/ of the project; a smoke run (a few steps, see smoke()) writes to runs/smoke/figures/
+    instead, so it never overwrites the committed figures."""
+    if "TULU_LAB_FIGURES" in os.environ:
+        return Path(os.environ["TULU_LAB_FIGURES"])
+    return runs_dir() / "smoke" / "figures" if smoke() else project_root() / "figures"
 
 
 def runs_dir() -> Path:

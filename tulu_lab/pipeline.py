@@ -48,7 +48,9 @@ class RecipeSettings:
     dpo_steps: int = 15            # 8 pairs per step: 120 pairs
     dpo_lr: float = 2e-4
     dpo_heldout_pairs: int = 200   # preference accuracy is measured on pairs built from test problems
-    rlvr_steps: int = 60           # 2 prompts x 8 samples per step
+    rlvr_steps: int = 60           # 4 prompts x 8 samples per step
+    rlvr_prompts_per_step: int = 4
+    rlvr_temperature: float = 0.7  # a 135M model's T=1 samples solve far fewer problems than its greedy answers
     rlvr_lr: float = 2e-4
     rlvr_beta: float = 0.04
     rlvr_minutes: float = 20.0     # wall-time cap of the RLVR stage (a stopped run can be continued)
@@ -57,7 +59,7 @@ class RecipeSettings:
 
 FULL = RecipeSettings()
 SMOKE = RecipeSettings(n_train=64, n_test=16, sft_steps=2, dpo_steps=2, dpo_heldout_pairs=8, rlvr_steps=2,
-                       rlvr_minutes=5.0, max_new_tokens=32)
+                       rlvr_prompts_per_step=2, rlvr_minutes=5.0, max_new_tokens=32)
 
 
 def settings(smoke: bool | None = None) -> RecipeSettings:
@@ -69,13 +71,21 @@ def stage_dir(stage: str, smoke: bool | None = None) -> Path:
     return paths.runs_dir() / ("smoke" if (paths.smoke() if smoke is None else smoke) else "recipe") / stage
 
 
+def _stage_settings(stage: str, smoke: bool | None) -> dict[str, Any]:
+    """The settings a stage's checkpoint depends on: the data split, its own and its upstream stages'."""
+    upstream = {"sft": ("sft_",), "dpo": ("sft_", "dpo_"), "rlvr": ("sft_", "dpo_", "rlvr_", "max_new_tokens")}[stage]
+    values = asdict(settings(smoke))
+    return {k: v for k, v in values.items()
+            if k in ("seed", "n_train", "n_test") or k.startswith(upstream) and k != "dpo_heldout_pairs"}
+
+
 def _finished(stage: str, smoke: bool | None) -> Path | None:
     """The stage's final folder if it was trained with the current recipe settings (else None)."""
     final = stage_dir(stage, smoke) / "final"
     marker = stage_dir(stage, smoke) / "recipe.json"
     if not ((final / "summary.json").is_file() and (final / "config.json").is_file() and marker.is_file()):
         return None
-    return final if json.loads(marker.read_text()) == asdict(settings(smoke)) else None
+    return final if json.loads(marker.read_text()) == _stage_settings(stage, smoke) else None
 
 
 def _mark_finished(stage: str, smoke: bool | None, seconds: float) -> None:
@@ -83,7 +93,7 @@ def _mark_finished(stage: str, smoke: bool | None, seconds: float) -> None:
     are now stale."""
     for stale in ("heldout.json", "heldout_preference.json"):
         (stage_dir(stage, smoke) / stale).unlink(missing_ok=True)
-    (stage_dir(stage, smoke) / "recipe.json").write_text(json.dumps(asdict(settings(smoke)), indent=2))
+    (stage_dir(stage, smoke) / "recipe.json").write_text(json.dumps(_stage_settings(stage, smoke), indent=2))
     (stage_dir(stage, smoke) / "wall_time.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
 
 
@@ -184,6 +194,7 @@ def rlvr_config(smoke: bool | None = None, **overrides: Any):
     s = settings(smoke)
     values = dict(output_dir=str(stage_dir("rlvr", smoke)), max_steps=s.rlvr_steps, total_episodes=None,
                   seed=s.seed, beta=s.rlvr_beta, learning_rate=s.rlvr_lr, max_new_tokens=s.max_new_tokens,
+                  prompts_per_step=s.rlvr_prompts_per_step, temperature=s.rlvr_temperature, per_device_batch=16,
                   checkpoint_every=max(1, s.rlvr_steps // 6), eval_every=0)
     values.update(overrides)
     return RLVRConfig.cpu_preset(**values)
@@ -304,23 +315,27 @@ def rlvr_gain(before: str = "dpo", after: str = "rlvr", smoke: bool | None = Non
 
 ABLATION_BETAS = (0.0, 0.04, 0.2)
 ABLATION_SEEDS = (1, 2)
+ABLATION_STEPS = 4        # per cell, 2 prompts x 8 samples: about 1.5 minutes on 2 CPU cores
+ABLATION_EVAL = 100       # held-out problems scored at the end of each cell
 
 
 def run_ablation(smoke: bool | None = None, betas=ABLATION_BETAS, seeds=ABLATION_SEEDS, steps: int | None = None):
     """RLVR from the DPO model for every beta x seed (run_sweep: resumable, finished cells skipped).
 
-    Each cell is a shorter run than the main RLVR stage and ends with held-out accuracy on the first
-    100 test problems. Returns the sweep's tidy table (also ``runs/recipe/sweep/results.csv``).
+    Each cell is a short run (``ABLATION_STEPS`` steps of 2 prompts x 8 samples) that ends with
+    held-out accuracy on the first ``ABLATION_EVAL`` test problems. Returns the sweep's tidy table
+    (also ``runs/recipe/sweep/results.csv``). ``make reproduce`` runs one seed; the full 3 x 2 grid
+    is ``benchmarks/recipe_embedded.py --sweep``.
     """
     from tulu_lab.sweep import run_sweep
 
     smoke_on = paths.smoke() if smoke is None else smoke
     s = settings(smoke)
-    steps = steps or (2 if smoke_on else 20)
+    steps = steps or (2 if smoke_on else ABLATION_STEPS)
     dpo_dir = run_dpo(smoke)
     data = embedded_data(smoke)
     # eval_every = steps: held-out accuracy once, at the end of each cell
-    base = rlvr_config(smoke, max_steps=steps, checkpoint_every=max(1, steps // 4), eval_every=steps)
+    base = rlvr_config(smoke, max_steps=steps, checkpoint_every=1, eval_every=steps, prompts_per_step=2)
 
     def loader(source):
         from tulu_lab.chat import install_tulu_template
@@ -330,16 +345,17 @@ def run_ablation(smoke: bool | None = None, betas=ABLATION_BETAS, seeds=ABLATION
         return model, tokenizer
 
     return run_sweep(base, {"beta": list(betas)}, seeds=list(seeds), data=data["rlvr"],
-                     eval_data=data["test_rlvr"][: min(100, s.n_test)], model_loader=loader, model=str(dpo_dir),
-                     output_dir=stage_dir("sweep", smoke))
+                     eval_data=data["test_rlvr"][: min(ABLATION_EVAL, s.n_test)], model_loader=loader,
+                     model=str(dpo_dir), output_dir=stage_dir("sweep", smoke))
 
 
 def evaluate_stages(benchmarks=("gsm8k", "ifeval"), data_dir: str | Path | None = None, smoke: bool | None = None,
-                    stages=STAGES, limit: int | None = None):
+                    stages=STAGES, limit: int = 30):
     """The workbench's benchmark evaluation of every finished stage (results cached in runs/eval/).
 
-    CPU budgets: GSM8K 8-shot CoT with 192 new tokens on the first 100 test problems, IFEval with 256
-    new tokens on the first 100 prompts (smoke: 4 examples, 16 tokens). ``data_dir`` holds
+    CPU budgets: GSM8K 8-shot CoT with 192 new tokens on the first ``limit`` (30) test problems, IFEval
+    with 256 new tokens on the first ``limit`` prompts (smoke: 4 examples, 16 tokens); about 2 minutes
+    per stage on 2 CPU cores. ``data_dir`` holds
     ``gsm8k/test.jsonl`` and ``ifeval/input_data.jsonl``; without it the Hugging Face ids are used.
     """
     import pandas as pd
@@ -356,7 +372,7 @@ def evaluate_stages(benchmarks=("gsm8k", "ifeval"), data_dir: str | Path | None 
         model, tokenizer = load_stage(stage, smoke, verbose=False)
         for benchmark in benchmarks:
             data = Path(data_dir) / files[benchmark] if data_dir is not None else None
-            frames.append(evaluate(model, tokenizer, benchmark, data=data, limit=4 if smoke_on else (limit or 100),
+            frames.append(evaluate(model, tokenizer, benchmark, data=data, limit=4 if smoke_on else limit,
                                    max_new_tokens=16 if smoke_on else budgets[benchmark],
                                    stage="base" if stage == "instruct" else stage, model_name="SmolLM2-135M",
                                    batch_size=16, output_dir=paths.runs_dir() / "eval", progress=True))
