@@ -128,6 +128,22 @@ def test_score_pass_reference_is_the_adapter_free_network(lora_model, tiny):
     assert (batch.old_values == 0).all()  # zero-initialised value head
 
 
+def test_beta_zero_scores_the_reference_only_to_log_kl(lora_model):
+    """With LoRA the reference costs a forward pass with adapters off: done at beta 0 for the KL metric
+    (track_kl), skipped when track_kl is off; the update is the same either way."""
+    model, _ = lora_model
+    prompts, responses, scores = _fixed_batch(model.config.vocab_size)
+    results = {}
+    for track in (True, False):
+        batch = RolloutBatch(prompts, responses, scores.clone(), group_size=4)
+        params, stats = _update(model, _cfg(beta=0.0, track_kl=track), batch)
+        results[track] = (batch, params, stats)
+    assert results[True][0].ref_logprobs is not None and results[False][0].ref_logprobs is None
+    assert results[True][2].kl is not None and results[False][2].kl is None
+    for tracked, untracked in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(tracked, untracked)
+
+
 # ----------------------------------------------------------------------------------------------
 # The update
 # ----------------------------------------------------------------------------------------------

@@ -437,6 +437,7 @@ class RLVRConfig(_TrainConfig):
     grpo_loss_type: str = "bnpo"  # GRPO only: Tülu 3.1's token-level mean over the batch
     advantage_eps: float = 1e-8  # GRPO only: Tülu 3.1 (r - mean) / (std + 1e-8)
     log_ratio_clamp: float = 40.0  # GRPO only: Tülu 3.1 clamps logp - logp_ref to +-40
+    track_kl: bool = True  # project: with beta 0 still score the reference (no gradient) to log the KL
     eval_every: int = 100  # paper 6.4 (8B): evaluate every 100 steps; 0 = never
 
     def __post_init__(self) -> None:

@@ -705,7 +705,7 @@ def plot_overoptimization(
     benchmarks = list(dict.fromkeys(points["benchmark"]))
     arms = list(dict.fromkeys(points["arm"]))
 
-    fig = _new_figure(4.6 * len(benchmarks), 4.2)
+    fig = _new_figure(max(7.5, 4.6 * len(benchmarks)), 4.2)  # wide enough for the title on one panel
     axes = fig.subplots(1, len(benchmarks), squeeze=False)[0]
     handles: dict[str, Line2D] = {}
     for ax, benchmark in zip(axes, benchmarks):

@@ -412,7 +412,9 @@ def score_rollout(cfg: RLVRConfig, model, batch: RolloutBatch, *, value_head: nn
     device = next(model.parameters()).device
     pad_id = _pad_id(model)
     n, width = len(batch), batch.response_mask.size(1)
-    need_policy, need_ref = _needs_policy_pass(cfg), cfg.beta > 0
+    # beta 0: the reference is scored only to log the KL, and only where it costs no second model
+    need_policy = _needs_policy_pass(cfg)
+    need_ref = cfg.beta > 0 or (cfg.track_kl and (ref_model is not None or hasattr(model, "disable_adapter")))
     if need_policy:
         batch.old_logprobs = torch.zeros(n, width)
         batch.entropy = torch.zeros(n, width)
