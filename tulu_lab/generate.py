@@ -94,6 +94,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return tokens, (scaled.gather(-1, tokens[:, None]) - log_norm).squeeze(-1)
 
 
+def check_threads(threads, where: str) -> None:
+    """``threads`` arguments are None (torch's setting), a positive int, or "auto"."""
+    if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
+        raise ValueError(f"{where}: threads must be None, 'auto' or a positive int, got {threads!r}")
+
+
 @contextmanager
 def num_threads(count: int | None):
     """Run the block with ``count`` intra-op threads (None: leave them), then restore the previous count."""
@@ -384,8 +390,7 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; load it with tulu_lab.models.load_tokenizer")
-    if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
-        raise ValueError(f"threads must be None, 'auto' or a positive int, got {threads!r}")
+    check_threads(threads, "generate")
     texts = [format_prompt(p, tokenizer) for p in prompts]
     eos_ids = eos_token_ids(model, tokenizer)
     generator = None if seed is None else torch.Generator(device=next(model.parameters()).device).manual_seed(seed)

@@ -7,7 +7,7 @@ stage resumes from its last checkpoint. ``TULU_LAB_SMOKE=1`` (``paths.smoke()``)
 few steps long and writes to ``runs/smoke/`` instead, so a quick pass never masks a full run.
 
     from tulu_lab import pipeline
-    sft_dir = pipeline.run_sft()          # ~10 min on 2 CPU cores
+    sft_dir = pipeline.run_sft()          # ~6 min on 2 CPU cores
     dpo_dir = pipeline.run_dpo()          # from the SFT model
     rlvr_dir = pipeline.run_rlvr()        # from the DPO model, ~20 min
     pipeline.heldout_table()              # held-out accuracy of every stage, greedy
@@ -36,8 +36,8 @@ ANSWER_LINE = re.compile(r"^#### -?[\d,]*\.?\d+\s*$")
 class RecipeSettings:
     """Sizes of the embedded recipe (full run, and the smoke run used by CI and first looks).
 
-    Sized for 2 CPU cores in float32 (about 7 s per SFT step of 8 examples, 18 s per RLVR step of
-    16 samples): the learning rates are LoRA rates for a few dozen steps, 5x / 4x / 10x the CPU
+    Sized for 2 CPU cores in float32 (measured: about 8 s per SFT step of 8 examples, 35 s per RLVR
+    step of 4 x 8 samples): the learning rates are LoRA rates for a few dozen steps, 5x / 4x / 10x the CPU
     presets' (which assume a few hundred steps).
     """
     seed: int = 0
@@ -315,7 +315,7 @@ def rlvr_gain(before: str = "dpo", after: str = "rlvr", smoke: bool | None = Non
 
 ABLATION_BETAS = (0.0, 0.04, 0.2)
 ABLATION_SEEDS = (1, 2)
-ABLATION_STEPS = 4        # per cell, 2 prompts x 8 samples: about 1.5 minutes on 2 CPU cores
+ABLATION_STEPS = 4        # per cell, 2 prompts x 8 samples: about 2 minutes with its evaluation on 2 CPU cores
 ABLATION_EVAL = 100       # held-out problems scored at the end of each cell
 
 
@@ -354,7 +354,7 @@ def evaluate_stages(benchmarks=("gsm8k", "ifeval"), data_dir: str | Path | None 
     """The workbench's benchmark evaluation of every finished stage (results cached in runs/eval/).
 
     CPU budgets: GSM8K 8-shot CoT with 192 new tokens on the first ``limit`` (30) test problems, IFEval
-    with 256 new tokens on the first ``limit`` prompts (smoke: 4 examples, 16 tokens); about 2 minutes
+    with 256 new tokens on the first ``limit`` prompts (smoke: 4 examples, 16 tokens); about 3.5 minutes
     per stage on 2 CPU cores. ``data_dir`` holds
     ``gsm8k/test.jsonl`` and ``ifeval/input_data.jsonl``; without it the Hugging Face ids are used.
     """

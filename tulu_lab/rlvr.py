@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import math
 import random
@@ -72,7 +71,7 @@ import torch
 import torch.nn as nn
 
 from tulu_lab.config import RLVRConfig
-from tulu_lab.generate import fastest_threads, format_prompt, generate, num_threads
+from tulu_lab.generate import check_threads, fastest_threads, format_prompt, generate, num_threads
 from tulu_lab.losses import (
     IGNORE_INDEX,
     gae,
@@ -88,6 +87,7 @@ from tulu_lab.losses import (
     verifiable_score,
     whiten,
 )
+from tulu_lab.models import bf16_is_fast
 from tulu_lab.training import (
     MetricsLog,
     StepTimer,
@@ -146,24 +146,6 @@ def _derived_seed(*parts: int) -> int:
     for part in parts:
         value = (value * 1_000_003 + int(part) + 1) % (2**62)
     return value
-
-
-@functools.lru_cache(maxsize=None)
-def bf16_matmul_is_slow() -> bool:
-    """True on a CPU without bf16 matrix instructions (e.g. AVX2 only), where a bf16 matmul runs one to
-    two orders of magnitude slower than float32 (measured: 0.3 vs 27 GFLOP/s on an AVX2 EPYC). Timed
-    once per process on a small product (well under a second)."""
-    def best_time(dtype, repeats) -> float:
-        a, b = torch.randn(256, 576, dtype=dtype), torch.randn(576, 576, dtype=dtype)
-        a @ b
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return best_time(torch.bfloat16, 2) > 4 * best_time(torch.float32, 5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -755,8 +737,7 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     if reward_model is not None and cfg.reward_model_weight == 0:
         raise ValueError("train_rlvr: a reward_model was given but cfg.reward_model_weight is 0; "
                          "set reward_model_weight > 0 (the paper's ablation) or drop the reward model")
-    if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
-        raise ValueError(f"train_rlvr: threads must be None, 'auto' or a positive int, got {threads!r}")
+    check_threads(threads, "train_rlvr")
     if reward_model is None and cfg.reward_model_weight > 0:
         raise ValueError(f"train_rlvr: cfg.reward_model_weight is {cfg.reward_model_weight} but no reward_model was given")
 
@@ -775,9 +756,9 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         raise ValueError(f"train_rlvr: prompts_per_step = {cfg.prompts_per_step} is not divisible by the "
                          f"{world.size} processes (each process samples whole groups)")
     seed_everything(cfg.seed)
-    if cfg.precision != "fp32" and accelerator.device.type == "cpu" and bf16_matmul_is_slow():
-        warnings.warn(f"train_rlvr: precision {cfg.precision!r} asked for, but this CPU has no bf16 matrix "
-                      f"instructions (bf16 matmuls run far slower than float32 here): computing in float32")
+    if cfg.precision != "fp32" and not bf16_is_fast(accelerator.device):
+        warnings.warn(f"train_rlvr: precision {cfg.precision!r} asked for, but {accelerator.device} has no native "
+                      f"bf16 (emulated bf16 matmuls run far slower than float32): computing in float32")
         cfg = dataclasses.replace(cfg, precision="fp32")
         if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
             model = model.float()
