@@ -89,3 +89,24 @@ def test_ablation_sweep_runs_every_cell(recipe):
     final = table[table["final"].astype(bool)]
     assert sorted(final["beta"].tolist()) == [0.0, 0.04]
     assert final["eval/accuracy"].notna().all()
+
+
+def test_instruct_baseline_scores_its_own_count_and_a_stale_cache_is_redone(recipe):
+    result = pipeline.heldout_results("instruct")
+    assert result["n"] == len(result["correct"]) == pipeline.SMOKE.n_test_instruct
+    cache = recipe / "smoke" / "instruct" / "heldout.json"
+    stale = {**result, "n": pipeline.SMOKE.n_test, "correct": [False] * pipeline.SMOKE.n_test}
+    cache.write_text(json.dumps(stale))  # scored on another count of problems: not reused
+    assert pipeline.heldout_results("instruct")["n"] == pipeline.SMOKE.n_test_instruct
+
+
+def test_lora_settings_belong_to_the_stage_marker(recipe, monkeypatch):
+    from tulu_lab import config
+
+    pipeline.run_sft()
+    assert pipeline._finished("sft", None)
+    original = config.LoraSettings.__init__.__defaults__
+    monkeypatch.setattr(config.LoraSettings.__init__, "__defaults__",
+                        tuple(0.1 if v == 0.0 and isinstance(v, float) else v for v in original))
+    assert config.LoraSettings().dropout == 0.1
+    assert pipeline._finished("sft", None) is None
