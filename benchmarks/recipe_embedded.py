@@ -1,6 +1,6 @@
 """The embedded recipe, measured: SFT -> DPO -> RLVR on SmolLM2-135M-Instruct with LoRA on 2 CPU cores.
 
-    python benchmarks/recipe_embedded.py            # the three stages and their held-out figures (about 45 min)
+    python benchmarks/recipe_embedded.py            # the three stages and their held-out figures (about 40 min)
     python benchmarks/recipe_embedded.py --sweep    # then the 3 x 2 beta x seed ablation (resumable)
 
 It runs ``tulu_lab.pipeline`` (the code the notebooks run), so its checkpoints are the ones
@@ -66,11 +66,10 @@ def main() -> None:
     out = paths.runs_dir() / "recipe" / "report.json"
     out.write_text(json.dumps(report, indent=2, default=str))
 
-    n = instruct["n"]
-    print(f"\n=== embedded recipe, {n} held-out problems, greedy, {s.max_new_tokens} new tokens ===")
+    print(f"\n=== embedded recipe, held-out problems, greedy, {s.max_new_tokens} new tokens ===")
     for r in (instruct, sft, dpo, rlvr):
-        print(f"  {r['stage']:8s} accuracy {r['accuracy']:6.1%}   answer format {r['format_rate']:6.1%}"
-              f"   trained in {seconds.get(r['stage'], 0) / 60:5.1f} min")
+        print(f"  {r['stage']:8s} accuracy {r['accuracy']:6.1%}   answer format {r['format_rate']:6.1%}   "
+              f"on {r['n']:3d} problems   trained in {seconds.get(r['stage'], 0) / 60:5.1f} min")
     t = report["targets"]
     print(f"SFT format >= 95%: {'met' if t['sft_format_95'] else 'NOT met'}; "
           f"SFT accuracy above instruct: {'met' if t['sft_beats_instruct'] else 'NOT met'}")

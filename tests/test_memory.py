@@ -362,13 +362,15 @@ def test_benchmark_dry_run(capsys):
 # ---- the embedded model (slow: converts and loads SmolLM2-135M) ---------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quant,double_quant", [(None, True), ("nf4", False), ("nf4", True)])
-def test_embedded_smollm2_matches_plan(quant, double_quant):
-    models = pytest.importorskip("tulu_lab.models")
-    if not hasattr(models, "load_model"):
-        pytest.skip("tulu_lab.models.load_model not available")
-    model, _ = models.load_model("smollm2-135m", quant=quant, double_quant=double_quant, verbose=False)
-    plan = plan_memory("smollm2-135m", quant=quant or "bf16", double_quant=double_quant, gpus="cpu:4GB")
+@pytest.mark.parametrize("quant,double_quant,dtype", [(None, True, "bf16"), (None, True, "fp32"), ("nf4", False, "bf16"),
+                                                      ("nf4", True, "bf16"), ("nf4", True, "fp32")])
+def test_embedded_smollm2_matches_plan(quant, double_quant, dtype):
+    from tulu_lab.models import load_model
+
+    # the dtype is explicit: load_model's default follows the CPU (float32 where bf16 is emulated)
+    model, _ = load_model("smollm2-135m", quant=quant, double_quant=double_quant, dtype=dtype, verbose=False)
+    plan = plan_memory("smollm2-135m", quant=quant or dtype, double_quant=double_quant, gpus="cpu:4GB",
+                       compute_dtype=dtype)
     real = measure_model_bytes(model)
     assert abs(plan.weights_bytes / real - 1) < 0.02, (plan.weights_bytes, real)
 

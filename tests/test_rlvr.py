@@ -99,14 +99,19 @@ def test_forward_response_matches_a_full_forward_pass(lora_model):
     micro = make_micro_batch(prompts, responses, list(range(8)), pad_id=1)
     assert micro.prompt_ids.size(0) == 2  # each shared prompt is run once
     with torch.no_grad():
-        out = forward_response(model, micro, temperature=0.7)
+        out = forward_response(model, micro, temperature=0.7, with_entropy=True)
         for i in range(8):
             ids = torch.tensor([prompts[i] + responses[i]])
             labels = torch.tensor([[-100] * len(prompts[i]) + responses[i]])
-            ref, _ = sequence_logprobs(model(input_ids=ids).logits, labels, temperature=0.7)
+            logits = model(input_ids=ids).logits
+            ref, _ = sequence_logprobs(logits, labels, temperature=0.7)
             ref = ref[0, len(prompts[i]) - 1:]
             assert torch.allclose(out.logprobs[i, :len(responses[i])], ref, atol=1e-5)
             assert out.mask[i].sum() == len(responses[i])
+            log_p = torch.log_softmax(logits[0, len(prompts[i]) - 1:-1] / 0.7, dim=-1)
+            entropy = -(log_p.exp() * log_p).sum(-1)
+            assert torch.allclose(out.entropy[i, :len(responses[i])], entropy, atol=1e-4)
+    assert (out.entropy[~out.mask] == 0).all()
     # padding beyond each row's response is masked and zero
     assert (out.logprobs[~out.mask] == 0).all()
 

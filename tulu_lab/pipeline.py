@@ -7,9 +7,9 @@ stage resumes from its last checkpoint. ``TULU_LAB_SMOKE=1`` (``paths.smoke()``)
 few steps long and writes to ``runs/smoke/`` instead, so a quick pass never masks a full run.
 
     from tulu_lab import pipeline
-    sft_dir = pipeline.run_sft()          # ~6 min on 2 CPU cores
-    dpo_dir = pipeline.run_dpo()          # from the SFT model
-    rlvr_dir = pipeline.run_rlvr()        # from the DPO model, ~20 min
+    sft_dir = pipeline.run_sft()          # ~5 min on 2 CPU cores
+    dpo_dir = pipeline.run_dpo()          # from the SFT model, ~5 min
+    rlvr_dir = pipeline.run_rlvr()        # from the DPO model, 12 min cap
     pipeline.heldout_table()              # held-out accuracy of every stage, greedy
 
 The data: one seeded draw of synthetic word problems at the generator's default difficulty, split
@@ -36,7 +36,7 @@ ANSWER_LINE = re.compile(r"^#### -?[\d,]*\.?\d+\s*$")
 class RecipeSettings:
     """Sizes of the embedded recipe (full run, and the smoke run used by CI and first looks).
 
-    Sized for 2 CPU cores in float32 (measured: about 8 s per SFT step of 8 examples, 35 s per RLVR
+    Sized for 2 CPU cores in float32 (measured: about 7 s per SFT step of 8 examples, 35 s per RLVR
     step of 4 x 8 samples): the learning rates are LoRA rates for a few dozen steps, 5x / 4x / 10x the CPU
     presets' (which assume a few hundred steps).
     """

@@ -83,7 +83,6 @@ from tulu_lab.losses import (
     per_token_rewards,
     ppo_policy_loss,
     ppo_value_loss,
-    sequence_logprobs,
     verifiable_score,
     whiten,
 )
@@ -290,19 +289,42 @@ def forward_response(model, micro: MicroBatch, temperature: float, *, value_head
     # 3. the prompt's last hidden state predicts response token 0, response state j predicts token j + 1
     last_prompt = prompt_out.last_hidden_state[micro.prompt_index, -1:]
     response_hidden = torch.cat([last_prompt, response_out.last_hidden_state], dim=1)   # (B, T + 1, H)
-    logits = base.get_output_embeddings()(response_hidden)                              # (B, T + 1, V)
-    logprobs, mask = sequence_logprobs(logits, micro.labels, temperature)
+    logprobs, mask, entropy = _head_logprobs(base.get_output_embeddings(), response_hidden[:, :-1],
+                                             micro.labels[:, 1:], temperature, with_entropy)
     values = None
     if value_head is not None:
         with torch.autocast(device_type=response_hidden.device.type, enabled=False):  # values in float32
             values = value_head(response_hidden[:, :-1].float()).squeeze(-1)
+    return ForwardOutput(logprobs, mask, values, entropy)
+
+
+def _head_logprobs(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, temperature: float,
+                   with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``labels`` (B, T) under ``softmax(head(hidden) / temperature)``, computed on the
+    unpadded positions only (the vocabulary-wide tensors are the largest of the pass).
+
+    For a bias-free head (Llama's), ``head(h / T) = head(h) / T``: dividing the hidden state costs H
+    operations per position instead of V. Returns (log-probs, mask, detached entropy or None), each
+    (B, T), 0 where masked: what ``sequence_logprobs`` gives on the full logits, up to float rounding.
+    """
+    mask = labels != IGNORE_INDEX
+    real = hidden[mask]                                                  # (N, H)
+    bias_free = getattr(head, "bias", None) is None
+    if temperature != 1.0 and bias_free:
+        real = real / temperature
+    logits = head(real).float()                                          # (N, V)
+    if temperature != 1.0 and not bias_free:
+        logits = logits / temperature
+    log_norm = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - log_norm
+    logprobs = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            scaled = logits[:, :-1].float() / temperature
-            log_p = torch.log_softmax(scaled, dim=-1)
-            entropy = -(log_p.exp() * log_p).sum(-1).masked_fill(~mask, 0.0)
-    return ForwardOutput(logprobs, mask, values, entropy)
+            log_p = logits - log_norm.unsqueeze(-1)
+            per_token = -(log_p.exp() * log_p).sum(-1)
+            entropy = torch.zeros(mask.shape, dtype=per_token.dtype, device=per_token.device).masked_scatter(mask, per_token)
+    return logprobs, mask, entropy
 
 
 def make_value_head(model) -> nn.Linear:
