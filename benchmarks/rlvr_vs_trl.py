@@ -5,7 +5,7 @@
     python benchmarks/rlvr_vs_trl.py --profile                        # where our step's time goes
 
 The setting (the embedded CPU preset): SmolLM2-135M-Instruct from the same safetensors folder
-(bf16 weights), LoRA rank 16 / alpha 32 / dropout 0.05 on all seven linear projections, synthetic
+(bf16 weights), LoRA rank 16 / alpha 32 / no dropout on all seven linear projections, synthetic
 GSM-style word problems in the Tülu chat template, 2 prompts x 8 samples per optimiser step, at most
 96 completion tokens, temperature 1, beta 0.04 (both sides compute reference log-probs with the
 adapters disabled), learning rate 2e-5, AdamW eps 1e-5, grad-norm clip 1.0, CPU, the same threads.
