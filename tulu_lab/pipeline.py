@@ -74,9 +74,9 @@ def stage_dir(stage: str, smoke: bool | None = None) -> Path:
 
 def _stage_settings(stage: str, smoke: bool | None) -> dict[str, Any]:
     """The settings a stage's checkpoint depends on: the data split, its own and its upstream stages'."""
-    upstream = {"sft": ("sft_",), "dpo": ("sft_", "dpo_"), "rlvr": ("sft_", "dpo_", "rlvr_", "max_new_tokens")}[stage]
     from tulu_lab.config import LoraSettings
 
+    upstream = {"sft": ("sft_",), "dpo": ("sft_", "dpo_"), "rlvr": ("sft_", "dpo_", "rlvr_", "max_new_tokens")}[stage]
     values = asdict(settings(smoke))
     chosen = {k: v for k, v in values.items()
               if k in ("seed", "n_train", "n_test") or k.startswith(upstream) and k != "dpo_heldout_pairs"}

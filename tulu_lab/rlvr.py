@@ -317,14 +317,17 @@ def _head_logprobs(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, 
         logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - log_norm
-    logprobs = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
     entropy = None
     if with_entropy:
         with torch.no_grad():
             log_p = logits - log_norm.unsqueeze(-1)
-            per_token = -(log_p.exp() * log_p).sum(-1)
-            entropy = torch.zeros(mask.shape, dtype=per_token.dtype, device=per_token.device).masked_scatter(mask, per_token)
-    return logprobs, mask, entropy
+            entropy = _unpack(mask, -(log_p.exp() * log_p).sum(-1))
+    return _unpack(mask, picked), mask, entropy
+
+
+def _unpack(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Values of the True positions of ``mask`` back in its (B, T) shape, 0 elsewhere (differentiable)."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 
 def make_value_head(model) -> nn.Linear:
