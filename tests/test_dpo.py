@@ -200,3 +200,53 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path):
     got_weights = trained_weights(second["model"])
     for name in want_weights:
         assert torch.equal(got_weights[name], want_weights[name]), name
+
+
+def multi_turn_pairs() -> list[dict]:
+    """Pairs with an earlier assistant turn (scored in both answers) and answers of unequal length."""
+    history = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"},
+               {"role": "user", "content": "What is 2 + 2?"}]
+    return [{"chosen": history + [{"role": "assistant", "content": "2 + 2 = 4.\n#### 4"}],
+             "rejected": history + [{"role": "assistant", "content": "5"}]},
+            {"chosen": history[-1:] + [{"role": "assistant", "content": "4"}],
+             "rejected": history[-1:] + [{"role": "assistant", "content": "It is 2 + 2 = 22, surely.\n#### 22"}]}]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_rows_score_what_separate_rows_score(tiny_model_dir, tmp_path, attention):
+    model, tokenizer = load_tiny(tiny_model_dir)
+    policy = train_dpo(config(tmp_path, max_steps=2), model, tokenizer, pairs(), progress=False)["model"]
+    policy.set_attn_implementation(attention)
+    data = pairs(6) + multi_turn_pairs()
+    for adapters_off in (False, True):
+        shared = pair_logprobs(policy, tokenizer, data, batch_size=3, disable_adapters=adapters_off, share_prompt=True)
+        separate = pair_logprobs(policy, tokenizer, data, batch_size=3, disable_adapters=adapters_off,
+                                 share_prompt=False)
+        for key in ("chosen", "rejected"):
+            torch.testing.assert_close(shared[key], separate[key], atol=1e-4, rtol=1e-5)
+        for key in ("chosen_lengths", "rejected_lengths"):
+            assert torch.equal(shared[key], separate[key])
+
+
+def test_shared_prompt_training_matches_separate_rows(tiny_model_dir, tmp_path):
+    runs = []
+    for share in (True, False):
+        model, tokenizer = load_tiny(tiny_model_dir)
+        cfg = config(tmp_path, f"share-{share}", max_steps=3, share_prompt=share)
+        summary = train_dpo(cfg, model, tokenizer, pairs(), progress=False)
+        runs.append((metrics(cfg.metrics_path), trained_weights(summary["model"])))
+    (shared, w_shared), (separate, w_separate) = runs
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"):
+        assert [r[key] for r in shared] == pytest.approx([r[key] for r in separate], rel=1e-4, abs=1e-5), key
+    assert all(a["tokens"] < b["tokens"] for a, b in zip(shared, separate))  # the prompt ran once
+    for name in w_shared:
+        torch.testing.assert_close(w_shared[name], w_separate[name], atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompt_refuses_attention_without_custom_masks(tiny_model_dir):
+    from tulu_lab.dpo import _attention_bias
+
+    model, _ = load_tiny(tiny_model_dir)
+    model.config._attn_implementation = "flash_attention_2"  # as a GPU model would report it
+    with pytest.raises(ValueError, match="share_prompt=False"):
+        _attention_bias(model, torch.ones(1, 1, 2, 2, dtype=torch.bool))

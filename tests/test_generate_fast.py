@@ -129,3 +129,33 @@ def test_sampler_draws_the_tempered_distribution(temperature):
     assert counts[4] == 0
     assert torch.all((counts - expected).abs() <= 4 * sigma + 1e-12), (counts, expected)
     assert torch.allclose(logprobs, torch.log(expected)[tokens].float(), atol=1e-5)
+
+
+def test_shared_prefix_length():
+    from tulu_lab.generate import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]], minimum=1) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]], minimum=1) == 2  # one token left to prefill
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]], minimum=4) == 0  # too short to pay
+    assert shared_prefix_length([[1, 2, 3, 4]], minimum=1) == 0               # one prompt: nothing to share
+    assert shared_prefix_length([[7, 2], [1, 2]], minimum=1) == 0
+
+
+@pytest.mark.parametrize("temperature, num_samples", [(0.0, 1), (1.0, 2)])
+def test_shared_prefix_prefill_matches_separate_prompts(tiny, monkeypatch, temperature, num_samples):
+    """A few-shot-style batch: the common prefix is prefilled once and its cache copied, with the
+    same tokens and log-probs as prefilling every row whole."""
+    model, tok = tiny
+    exemplars = " ".join(f"Question: what is {i} + {i}? Answer: {2 * i}." for i in range(1, 9))
+    prompts = [f"{exemplars} Question: what is {q}? Answer:" for q in ("3 + 4", "12 + 5 + 6", "1")]
+    calls = []
+    original = gen_module.shared_prefix_length
+    monkeypatch.setattr(gen_module, "shared_prefix_length", lambda lists: calls.append(original(lists)) or calls[-1])
+    kwargs = dict(max_new_tokens=10, temperature=temperature, num_samples=num_samples, seed=3, batch_size=6)
+    shared = generate(model, tok, prompts, **kwargs)
+    assert calls[-1] >= 32  # the path under test ran
+    monkeypatch.setattr(gen_module, "shared_prefix_length", lambda lists: 0)
+    whole = generate(model, tok, prompts, **kwargs)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in whole]
+    for a, b in zip(shared, whole):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)

@@ -339,6 +339,7 @@ class DPOConfig(_TrainConfig):
     grad_clip: float | None = None  # not in the paper's DPO table; open-instruct clip_grad_norm -1 (off)
     beta: float = 5.0  # paper Table 20 (with length normalisation)
     loss_type: str = "dpo_norm"  # paper 5.1.2 / Table 20: length-normalised DPO
+    share_prompt: bool = True  # project: chosen and rejected in one row, the prompt computed once (same sums)
 
     def __post_init__(self) -> None:
         self._validate_common()

@@ -12,7 +12,9 @@ k samples per prompt). What it does that ``model.generate`` does not:
   per token) and slices a preallocated attention mask;
 * runs LoRA adapters with fewer kernels: merged into one fp32 weight per layer when computing in fp32,
   a lean unmerged forward under bf16 (see ``_fast_adapters``);
-* sorts prompts by length before batching (less left padding) and returns results in input order.
+* sorts prompts by length before batching (less left padding) and returns results in input order;
+* computes a prefix that every prompt of a batch shares (few-shot exemplars: often 90% of the prompt)
+  once and copies its KV cache to each row.
 
 Prompts are either already-rendered strings or message lists, rendered with the tokenizer's chat
 template (``tulu_lab.chat.install_tulu_template`` sets the Tülu one).
@@ -288,19 +290,46 @@ def _lean_forward(layer):
     return forward
 
 
+MIN_SHARED_PREFIX = 32  # tokens; below this a separate prefill of the common prefix saves too little
+
+
+def shared_prefix_length(token_lists: Sequence[Sequence[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Tokens at the start of every prompt of a batch (0 if fewer than ``minimum``, or one prompt).
+
+    At least one token of each prompt is left out, so every row still has a token to prefill.
+    """
+    if len(token_lists) < 2:
+        return 0
+    first, length = token_lists[0], min(len(t) for t in token_lists) - 1
+    for other in token_lists[1:]:
+        n = 0
+        while n < length and other[n] == first[n]:
+            n += 1
+        length = n
+    return length if length >= minimum else 0
+
+
 @torch.inference_mode()
 def _generate_batch(model, tokenizer, texts: list[str], *, repeats: int, max_new_tokens: int,
                     temperature: float, top_p: float, generator, eos_ids: list[int],
                     stop: Sequence[str] | None, compact_every: int = 8):
     """Decode one batch of distinct prompts, ``repeats`` samples each. Returns rows in prompt-major order."""
     device = next(model.parameters()).device
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
-    ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    width = ids.size(1)
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     cache = _reserved_cache(max_new_tokens)
+    token_lists = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shared = shared_prefix_length(token_lists)
+    if shared:  # e.g. few-shot exemplars: their keys and values are computed once, then copied per row
+        model(input_ids=torch.tensor([token_lists[0][:shared]], device=device), cache=cache, use_cache=True,
+              logits_to_keep=1)
+        cache.batch_repeat_interleave(len(texts))
+    enc = tokenizer.pad({"input_ids": [ids[shared:] for ids in token_lists]}, padding=True, return_tensors="pt")
+    ids, suffix_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    # The prompt mask covers prefix + left-padded suffix: [prefix][pad][suffix]; positions skip the pads.
+    prompt_mask = torch.cat([suffix_mask.new_ones((len(texts), shared)), suffix_mask], dim=-1)
+    width = prompt_mask.size(1)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, cache=cache, use_cache=True,
                 logits_to_keep=1)
     cache, logits = out.cache, out.logits[:, -1, :]
