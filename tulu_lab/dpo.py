@@ -172,7 +172,7 @@ def _shared_prompt_row(chosen: dict, rejected: dict) -> dict:
         "segments": torch.cat([torch.full((shared,), PROMPT_SEGMENT),
                                torch.full((len(c_ids) - shared,), CHOSEN_SEGMENT),
                                torch.full((len(r_ids) - start,), REJECTED_SEGMENT)]),
-        "shared": torch.tensor(shared),
+        "shared": shared,
     }
 
 
@@ -186,8 +186,8 @@ def _shared_prompt_mask(row: dict, width: int) -> torch.Tensor:
     same_part = seg[:, None] == seg[None, :]
     prompt_key = (seg == PROMPT_SEGMENT)[None, :].expand(width, width).clone()
     prompt_key[seg == PAD_SEGMENT] = False
-    if int(row["shared"]) > 0:
-        prompt_key[seg == REJECTED_SEGMENT, int(row["shared"]) - 1] = False
+    if row["shared"] > 0:
+        prompt_key[seg == REJECTED_SEGMENT, row["shared"] - 1] = False
     return causal & (same_part | prompt_key)
 
 
@@ -195,16 +195,14 @@ def _summed_logps(model, batch: dict, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed response log-probs, response lengths): chosen of every pair first, then rejected."""
     device = batch["input_ids"].device
     keep = scored_positions(batch["labels"])  # no LM head on the shared prompt
-    if "allowed" not in batch:
-        with autocast(cfg, device):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                           logits_to_keep=keep).logits
-        logps, mask = sequence_logprobs(logits, batch["labels"][:, -keep:])
-        return logprob_sum(logps, mask), mask.sum(-1)
+    shared = "allowed" in batch
+    inputs = (dict(attention_mask=_attention_bias(model, batch["allowed"]), position_ids=batch["position_ids"])
+              if shared else dict(attention_mask=batch["attention_mask"]))
     with autocast(cfg, device):
-        logits = model(input_ids=batch["input_ids"], attention_mask=_attention_bias(model, batch["allowed"]),
-                       position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep).logits
+        logits = model(input_ids=batch["input_ids"], use_cache=False, logits_to_keep=keep, **inputs).logits
     logps, mask = sequence_logprobs(logits, batch["labels"][:, -keep:])
+    if not shared:
+        return logprob_sum(logps, mask), mask.sum(-1)
     segments = batch["segments"][:, -keep + 1:]
     parts = [mask & (segments == part) for part in (CHOSEN_SEGMENT, REJECTED_SEGMENT)]
     return torch.cat([logprob_sum(logps, m) for m in parts]), torch.cat([m.sum(-1) for m in parts])

@@ -310,24 +310,24 @@ def shared_prefix_length(token_lists: Sequence[Sequence[int]], minimum: int = MI
 
 
 @torch.inference_mode()
-def _generate_batch(model, tokenizer, texts: list[str], *, repeats: int, max_new_tokens: int,
+def _generate_batch(model, tokenizer, token_lists: list[list[int]], *, repeats: int, max_new_tokens: int,
                     temperature: float, top_p: float, generator, eos_ids: list[int],
                     stop: Sequence[str] | None, compact_every: int = 8):
-    """Decode one batch of distinct prompts, ``repeats`` samples each. Returns rows in prompt-major order."""
+    """Decode one batch of distinct tokenised prompts, ``repeats`` samples each. Returns rows in
+    prompt-major order."""
     device = next(model.parameters()).device
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
     cache = _reserved_cache(max_new_tokens)
-    token_lists = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     shared = shared_prefix_length(token_lists)
     if shared:  # e.g. few-shot exemplars: their keys and values are computed once, then copied per row
         model(input_ids=torch.tensor([token_lists[0][:shared]], device=device), cache=cache, use_cache=True,
               logits_to_keep=1)
-        cache.batch_repeat_interleave(len(texts))
+        cache.batch_repeat_interleave(len(token_lists))
     enc = tokenizer.pad({"input_ids": [ids[shared:] for ids in token_lists]}, padding=True, return_tensors="pt")
     ids, suffix_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     # The prompt mask covers prefix + left-padded suffix: [prefix][pad][suffix]; positions skip the pads.
-    prompt_mask = torch.cat([suffix_mask.new_ones((len(texts), shared)), suffix_mask], dim=-1)
+    prompt_mask = torch.cat([suffix_mask.new_ones((len(token_lists), shared)), suffix_mask], dim=-1)
     width = prompt_mask.size(1)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, cache=cache, use_cache=True,
@@ -425,8 +425,8 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
     generator = None if seed is None else torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
 
     # Longest first: similar lengths share a batch, and the slowest batch shows up in the bar early.
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    token_lists = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]  # tokenised once
+    order = sorted(range(len(texts)), key=lambda i: -len(token_lists[i]))
     prompts_per_batch = max(1, batch_size // num_samples)
     batches = [order[i:i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
     show = progress if progress is not None else len(batches) > 1
@@ -442,7 +442,7 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
         with _fast_adapters(model), num_threads(threads):
             for batch in tqdm(batches, desc="generating", disable=not show, unit="batch"):
                 toks, lps, finish = _generate_batch(
-                    model, tokenizer, [texts[i] for i in batch], repeats=num_samples,
+                    model, tokenizer, [token_lists[i] for i in batch], repeats=num_samples,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                     generator=generator, eos_ids=eos_ids, stop=stop)
                 for j, prompt_index in enumerate(batch):
