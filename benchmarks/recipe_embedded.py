@@ -2,6 +2,11 @@
 
     python benchmarks/recipe_embedded.py            # the three stages and their held-out figures (about 40 min)
     python benchmarks/recipe_embedded.py --sweep    # then the 3 x 2 beta x seed ablation (resumable)
+    python benchmarks/recipe_embedded.py --rlvr-minutes 20 --rlvr-steps 32   # RLVR with the 20-minute budget
+
+The recipe's RLVR stage has a 10-minute budget (``make reproduce`` fits in 45 minutes); ``--rlvr-minutes``
+and ``--rlvr-steps`` change it for this call, which retrains ``runs/recipe/rlvr`` (SFT and DPO are kept;
+the next ``make reproduce`` retrains the 10-minute stage).
 
 It runs ``tulu_lab.pipeline`` (the code the notebooks run), so its checkpoints are the ones
 ``make reproduce`` picks up in ``runs/recipe/``; a finished stage is read back, an interrupted one
@@ -30,11 +35,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", action="store_true", help="also run the beta x seed ablation")
+    parser.add_argument("--rlvr-minutes", type=float, help="RLVR wall-time budget (the recipe's: 10)")
+    parser.add_argument("--rlvr-steps", type=int, help="RLVR steps the schedule spans (the recipe's: 16)")
     args = parser.parse_args()
 
     from tulu_lab import paths, pipeline
 
     started = time.perf_counter()
+    changes = {k: v for k, v in (("rlvr_minutes", args.rlvr_minutes), ("rlvr_steps", args.rlvr_steps)) if v is not None}
+    if changes:
+        pipeline.configure(**changes)
     s = pipeline.settings()
     print(f"[recipe] settings: {s}", flush=True)
     pipeline.run_rlvr()  # trains SFT and DPO first when they are missing

@@ -109,3 +109,26 @@ def test_lora_settings_belong_to_the_stage_marker(recipe, monkeypatch):
     assert pipeline._finished("sft", None)
     monkeypatch.setattr(config, "LoraSettings", functools.partial(config.LoraSettings, dropout=0.1))
     assert pipeline._finished("sft", None) is None
+
+
+def test_checkpoints_of_a_run_with_other_settings_are_not_resumed(recipe, monkeypatch):
+    """An interrupted stage resumes only from checkpoints written with its current settings; after a
+    settings change (pipeline.configure, or an edited RecipeSettings) it starts afresh."""
+    assert pipeline._may_resume("rlvr", smoke=True) is False          # nothing started yet
+    assert pipeline._may_resume("rlvr", smoke=True) is True           # same settings: resume
+    monkeypatch.setattr(pipeline, "SMOKE", pipeline.replace(pipeline.SMOKE, rlvr_lr=1e-2))
+    assert pipeline._may_resume("rlvr", smoke=True) is False          # RLVR settings changed
+    assert pipeline._may_resume("sft", smoke=True) is False and pipeline._may_resume("sft", smoke=True) is True
+    monkeypatch.setattr(pipeline, "SMOKE", pipeline.replace(pipeline.SMOKE, rlvr_minutes=1.0))
+    assert pipeline._may_resume("sft", smoke=True) is True            # not an SFT setting
+
+
+def test_configure_changes_the_full_recipe_only(monkeypatch):
+    monkeypatch.setattr(pipeline, "FULL", pipeline.FULL)  # restored after the test
+    before = pipeline.FULL
+    changed = pipeline.configure(rlvr_minutes=20, rlvr_steps=32)
+    assert pipeline.settings(smoke=False) is changed and changed.rlvr_minutes == 20 and changed.rlvr_steps == 32
+    assert changed.sft_steps == before.sft_steps and pipeline.settings(smoke=True) is pipeline.SMOKE
+    assert pipeline.rlvr_config(smoke=False).max_steps == 32
+    with pytest.raises(TypeError):
+        pipeline.configure(rlvr_minuets=20)

@@ -19,6 +19,8 @@ from tulu_lab.losses import grpo_loss, sequence_logprobs, whiten
 from tulu_lab.rlvr import (
     RolloutBatch,
     World,
+    _minibatch_rows,
+    _pad_id,
     compute_advantages,
     evaluate_accuracy,
     forward_response,
@@ -131,6 +133,46 @@ def test_score_pass_reference_is_the_adapter_free_network(lora_model, tiny):
     assert torch.allclose(batch.old_logprobs[mask], expected_policy[mask], atol=1e-5)
     assert not torch.allclose(batch.old_logprobs[mask], batch.ref_logprobs[mask], atol=1e-3)
     assert (batch.old_values == 0).all()  # zero-initialised value head
+
+
+def test_grpo_takes_the_rollout_log_probs_from_the_sampler(lora_model):
+    """With several minibatches GRPO needs the rollout policy's log-probs: the sampler's are used (no
+    policy pass, so no entropy from the score pass), and they equal a forward pass of the prompt + response."""
+    from tulu_lab.generate import format_prompt
+
+    model, tok = lora_model
+    rows = _rows(2)
+    cfg = _cfg(num_minibatches=2, per_device_batch=2, temperature=0.7)
+    batch, _ = rollout(cfg, model, tok, rows, [format_prompt(r["messages"], tok) for r in rows], seed=0)
+    sampled = batch.sampler_logprobs.clone()
+    score_rollout(cfg, model, batch)
+    assert batch.entropy is None
+    assert torch.equal(batch.old_logprobs, sampled)
+    micro = make_micro_batch(batch.prompt_ids, batch.response_ids, list(range(len(batch))), _pad_id(model))
+    with torch.no_grad():
+        expected = forward_response(model, micro, cfg.temperature).logprobs
+    mask = batch.response_mask
+    assert torch.allclose(batch.old_logprobs[mask], expected[mask], atol=1e-4)
+    assert not torch.allclose(batch.old_logprobs[mask], forward_response(model, micro, 1.0).logprobs[mask].detach(),
+                              atol=1e-3)  # the temperature matters: this comparison could fail
+
+
+def test_minibatches_are_whole_groups_and_the_same_on_any_number_of_processes():
+    cfg = _cfg(prompts_per_step=4, samples_per_prompt=4, per_device_batch=4, num_minibatches=2)
+    scores = torch.zeros(16)
+    one = _minibatch_rows(cfg, RolloutBatch([[1]] * 16, [[2]] * 16, scores, group_size=4), 0, 0, World())
+    assert len(one) == 2 and sorted(one[0] + one[1]) == list(range(16))
+    for part in one:  # each minibatch holds two complete groups
+        assert len(part) == 8 and all(sum(r // 4 == g for r in part) in (0, 4) for g in range(4))
+    assert one != _minibatch_rows(cfg, RolloutBatch([[1]] * 16, [[2]] * 16, scores, group_size=4), 1, 0, World())
+    # two processes, 8 rows each: together they put the same rows in the same minibatches
+    halves = [_minibatch_rows(cfg, RolloutBatch([[1]] * 8, [[2]] * 8, scores[:8], group_size=4, global_offset=8 * r),
+                              0, 0, World(size=2, rank=r)) for r in range(2)]
+    assert [sorted(halves[0][m] + [i + 8 for i in halves[1][m]]) for m in range(2)] == [sorted(p) for p in one]
+    # three groups do not split into two minibatches evenly: single rows are drawn, 6 per minibatch
+    cfg3 = _cfg(prompts_per_step=3, samples_per_prompt=4, per_device_batch=2, num_minibatches=2)
+    rows3 = _minibatch_rows(cfg3, RolloutBatch([[1]] * 12, [[2]] * 12, torch.zeros(12), group_size=4), 0, 0, World())
+    assert [len(p) for p in rows3] == [6, 6] and sorted(rows3[0] + rows3[1]) == list(range(12))
 
 
 def test_beta_zero_scores_the_reference_only_to_log_kl(lora_model):
@@ -387,6 +429,17 @@ def test_beta_zero_skips_groups_without_signal(tiny, tmp_path):
         result = train_rlvr(cfg, copy.deepcopy(model), tok, _rows(4), progress=False, save_merged=False)
         record = result["final"]
         assert record["frac_reward_zero_std"] == 1.0 and record["trained_sequences"] == trained
+
+
+def test_grpo_with_minibatches_logs_kl_and_entropy_without_a_policy_pass(tiny, tmp_path):
+    """Two minibatches per rollout: two optimiser steps, the KL over every sequence from the sampler's
+    log-probs, the entropy from the training forward."""
+    model, tok = tiny
+    cfg = _cfg(tmp_path, beta=0.04, max_steps=1, num_minibatches=2, per_device_batch=2)
+    record = train_rlvr(cfg, copy.deepcopy(model), tok, _rows(4), progress=False, save_merged=False)["final"]
+    assert record["kl"] is not None and abs(record["kl"]) < 1e-3  # adapters start at zero: policy == reference
+    assert record["entropy"] is not None and record["entropy"] > 0
+    assert record["trained_sequences"] == cfg.rollout_batch
 
 
 def _strip_times(records):

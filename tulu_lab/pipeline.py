@@ -19,9 +19,10 @@ into training problems and 400 held-out test problems that no stage ever trains 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class RecipeSettings:
     dpo_heldout_pairs: int = 200   # preference accuracy is measured on pairs built from test problems
     rlvr_steps: int = 16           # 8 prompts x 8 samples per step: the schedule ends near the cap
     rlvr_prompts_per_step: int = 8
+    rlvr_minibatches: int = 2      # two optimiser steps per rollout (4 groups each): 20 min from DPO +11.3 points vs +7.0 with one
     rlvr_temperature: float = 0.7  # a 135M model's T=1 samples solve far fewer problems than its greedy answers
     rlvr_lr: float = 3e-4          # measured from DPO, 8 x 8, beta 0: 3e-4 +6.3 points, 5e-4 +5.3, 1e-3 (4 x 8) -6.3
     rlvr_beta: float = 0.0
@@ -67,6 +69,14 @@ SMOKE = RecipeSettings(n_train=64, n_test=16, n_test_instruct=8, sft_steps=2, dp
 
 def settings(smoke: bool | None = None) -> RecipeSettings:
     return SMOKE if (paths.smoke() if smoke is None else smoke) else FULL
+
+
+def configure(**changes: Any) -> RecipeSettings:
+    """Change the full recipe's settings in this process, e.g. ``configure(rlvr_minutes=20, rlvr_steps=32)``;
+    a stage whose settings (or an upstream stage's) changed is retrained when next run."""
+    global FULL
+    FULL = replace(FULL, **changes)
+    return FULL
 
 
 def stage_dir(stage: str, smoke: bool | None = None) -> Path:
@@ -92,6 +102,17 @@ def _finished(stage: str, smoke: bool | None) -> Path | None:
     if not ((final / "summary.json").is_file() and (final / "config.json").is_file() and marker.is_file()):
         return None
     return final if json.loads(marker.read_text()) == _stage_settings(stage, smoke) else None
+
+
+def _may_resume(stage: str, smoke: bool | None) -> bool:
+    """Whether the stage may resume from the checkpoints in its folder: only those of a run started with
+    the same settings (a run with other settings starts afresh, and its trainer removes them)."""
+    folder = stage_dir(stage, smoke)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / "started.json"
+    same = marker.is_file() and json.loads(marker.read_text()) == _stage_settings(stage, smoke)
+    marker.write_text(json.dumps(_stage_settings(stage, smoke), indent=2))
+    return same
 
 
 def _mark_finished(stage: str, smoke: bool | None, seconds: float) -> None:
@@ -169,7 +190,7 @@ def run_sft(smoke: bool | None = None, force: bool = False, **overrides: Any) ->
     cfg = SFTConfig.cpu_preset(**{**values, **overrides})
     started = time.perf_counter()
     model, tokenizer = load_stage("instruct", smoke)
-    summary = train_sft(cfg, model, tokenizer, embedded_data(smoke)["sft"])
+    summary = train_sft(cfg, model, tokenizer, embedded_data(smoke)["sft"], resume=_may_resume("sft", smoke))
     _mark_finished("sft", smoke, time.perf_counter() - started)
     return Path(summary["final_dir"])
 
@@ -188,7 +209,7 @@ def run_dpo(smoke: bool | None = None, force: bool = False, **overrides: Any) ->
     cfg = DPOConfig.cpu_preset(**{**values, **overrides})
     started = time.perf_counter()
     model, tokenizer = load_stage("sft", smoke)
-    summary = train_dpo(cfg, model, tokenizer, embedded_data(smoke)["dpo"])
+    summary = train_dpo(cfg, model, tokenizer, embedded_data(smoke)["dpo"], resume=_may_resume("dpo", smoke))
     _mark_finished("dpo", smoke, time.perf_counter() - started)
     return Path(summary["final_dir"])
 
@@ -200,9 +221,12 @@ def rlvr_config(smoke: bool | None = None, **overrides: Any):
     s = settings(smoke)
     values = dict(output_dir=str(stage_dir("rlvr", smoke)), max_steps=s.rlvr_steps, total_episodes=None,
                   seed=s.seed, beta=s.rlvr_beta, learning_rate=s.rlvr_lr, max_new_tokens=s.max_new_tokens,
-                  prompts_per_step=s.rlvr_prompts_per_step, temperature=s.rlvr_temperature, per_device_batch=16,
-                  checkpoint_every=max(1, s.rlvr_steps // 6), eval_every=0)
+                  prompts_per_step=s.rlvr_prompts_per_step, num_minibatches=s.rlvr_minibatches,
+                  temperature=s.rlvr_temperature, checkpoint_every=max(1, s.rlvr_steps // 6), eval_every=0)
     values.update(overrides)
+    if "per_device_batch" not in overrides:  # micro-batches of up to 16 responses that split each minibatch evenly
+        per_minibatch = values["prompts_per_step"] * values.get("samples_per_prompt", 8) // values["num_minibatches"]
+        values["per_device_batch"] = math.gcd(16, per_minibatch)
     return RLVRConfig.cpu_preset(**values)
 
 
@@ -220,7 +244,7 @@ def run_rlvr(smoke: bool | None = None, force: bool = False, start: str = "dpo",
     cfg = rlvr_config(smoke, **overrides)
     started = time.perf_counter()
     model, tokenizer = load_stage(start, smoke)
-    summary = train_rlvr(cfg, model, tokenizer, embedded_data(smoke)["rlvr"],
+    summary = train_rlvr(cfg, model, tokenizer, embedded_data(smoke)["rlvr"], resume=_may_resume("rlvr", smoke),
                          time_limit_s=60 * settings(smoke).rlvr_minutes)
     _mark_finished("rlvr", smoke, time.perf_counter() - started)
     return Path(summary["final_dir"])

@@ -14,7 +14,7 @@
                (the paper's ablation), REPLACED by ``non_stop_penalty`` when the response has no EOS
 3. score pass  one no-grad forward per micro-batch, once per rollout: the rollout policy's log-probs
                (adapters on), the reference log-probs (adapters disabled) and the values; every PPO
-               epoch reuses them
+               epoch reuses them (GRPO takes the rollout policy's log-probs from the sampler)
 4. advantage   "ppo": per-token reward ``-beta * (logp - logp_ref)`` with the score added on the last
                token, GAE (gamma 1, lambda 0.95), whitened over the whole batch;
                "grpo": ``(r - mean_group) / (std_group + eps)`` per prompt
@@ -40,7 +40,11 @@ Where this departs from the paper (and from open-instruct's code)
 * The score sits on the last real response token (see ``tulu_lab.losses``), not one position later.
 * The score pass runs in eval mode (no LoRA dropout); the training forward runs in train mode.
 * GRPO with one epoch and one minibatch skips the rollout-policy pass: the "old" log-probs are the
-  detached log-probs of the training forward (ratio exactly 1), as TRL does.
+  detached log-probs of the training forward (ratio exactly 1), as TRL does. With several minibatches
+  or epochs they are the log-probs the sampler computed while drawing (same network, same temperature;
+  equal to a forward pass up to float rounding, tested), so no second pass is run either.
+* Minibatches are drawn as whole GRPO groups (a random permutation of the groups) when the groups
+  split evenly into them, so each prompt still runs once per micro-batch; otherwise as single rows.
 * With ``beta == 0`` (GRPO), sequences whose advantage is exactly 0 (e.g. every sample of the group
   scored the same) skip their forward and backward passes: their loss term and gradient are exactly 0.
   They still count in the loss normaliser and the optimiser still steps, so the update is unchanged.
@@ -360,6 +364,7 @@ class RolloutBatch:
     group_size: int
     global_offset: int = 0
     old_logprobs: torch.Tensor | None = None      # rollout policy, adapters on
+    sampler_logprobs: torch.Tensor | None = None  # the same, as the sampler computed them while drawing
     ref_logprobs: torch.Tensor | None = None      # reference policy, adapters off
     old_values: torch.Tensor | None = None        # ppo only
     entropy: torch.Tensor | None = None
@@ -421,6 +426,10 @@ def score_rollout(cfg: RLVRConfig, model, batch: RolloutBatch, *, value_head: nn
     n, width = len(batch), batch.response_mask.size(1)
     # beta 0: the reference is scored only to log the KL, and only where it costs no second model
     need_policy = _needs_policy_pass(cfg)
+    if need_policy and cfg.algorithm == "grpo" and batch.sampler_logprobs is not None:
+        # the sampler already computed the rollout policy's log-probs: no second forward pass
+        batch.old_logprobs = batch.sampler_logprobs[:, :width].clone()
+        need_policy = False
     need_ref = cfg.beta > 0 or (cfg.track_kl and (ref_model is not None or hasattr(model, "disable_adapter")))
     if need_policy:
         batch.old_logprobs = torch.zeros(n, width)
@@ -498,17 +507,24 @@ def compute_advantages(cfg: RLVRConfig, batch: RolloutBatch, world: World | None
 
 
 def _minibatch_rows(cfg: RLVRConfig, batch: RolloutBatch, step: int, epoch: int, world: World) -> list[list[int]]:
-    """This process's rows of each minibatch. The split is a permutation of the GLOBAL batch, so one
-    process and several processes put the same sequences in the same minibatch."""
+    """This process's rows of each minibatch, from a permutation of the GLOBAL batch, so one process
+    and several processes put the same sequences in the same minibatch. Whole groups are permuted when
+    they split evenly into the minibatches (a prompt then still runs once per micro-batch); otherwise
+    single rows are (PPO's groups are single responses anyway)."""
     n_local = len(batch)
-    n_global = n_local * world.size
     if cfg.num_minibatches == 1:
         return [list(range(n_local))]
+    n_global = n_local * world.size
+    unit = batch.group_size if (n_global // batch.group_size) % cfg.num_minibatches == 0 else 1
     generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, step, epoch, 11))
-    order = torch.randperm(n_global, generator=generator).tolist()
-    size = math.ceil(n_global / cfg.num_minibatches)
+    order = torch.randperm(n_global // unit, generator=generator).tolist()
+    per_minibatch = len(order) // cfg.num_minibatches if unit > 1 else math.ceil(len(order) / cfg.num_minibatches)
     lo, hi = batch.global_offset, batch.global_offset + n_local
-    return [[g - lo for g in order[k:k + size] if lo <= g < hi] for k in range(0, n_global, size)]
+    minibatches = []
+    for start in range(0, len(order), per_minibatch):
+        rows = [u * unit + j for u in order[start:start + per_minibatch] for j in range(unit)]
+        minibatches.append([r - lo for r in rows if lo <= r < hi])
+    return minibatches
 
 
 def _sync_gradients(params: list[torch.Tensor], world: World) -> None:
@@ -672,10 +688,19 @@ def rollout(cfg: RLVRConfig, model, tokenizer, rows: list[dict], prompt_texts: l
                               cfg.non_stop_penalty, base_score)
     prompt_ids = [tokenizer(prompt_texts[g.prompt_index], add_special_tokens=False)["input_ids"] for g in generations]
     batch = RolloutBatch(prompt_ids=prompt_ids, response_ids=[list(g.token_ids) for g in generations],
-                         scores=scores, group_size=k, global_offset=global_offset)
+                         scores=scores, group_size=k, global_offset=global_offset,
+                         sampler_logprobs=_padded([g.logprobs for g in generations]))
     info = {"correct": correct, "stopped": stopped, "lengths": [len(g.token_ids) for g in generations],
             "generations": generations}
     return batch, info
+
+
+def _padded(rows: list[list[float]]) -> torch.Tensor:
+    """Per-token values of each response, right-padded with zeros to the longest: (n, T) float32."""
+    out = torch.zeros(len(rows), max((len(r) for r in rows), default=0))
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out
 
 
 def _verify(row: dict, text: str) -> bool:
@@ -738,9 +763,9 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
             deletes that folder's old checkpoints.
         progress: a tqdm bar over steps (process 0 only).
         save_merged: also write the merged model into ``output_dir/final`` (adapters are always saved).
-        time_limit_s: stop after the step during which this many seconds (of this call) have passed,
-            before ``cfg.num_steps``; a checkpoint is written there, so a later call can continue. The
-            schedule still spans ``cfg.num_steps``.
+        time_limit_s: stop before ``cfg.num_steps`` where one more step, as long as the last one, would
+            end past this many seconds of this call (at least one step runs); a checkpoint is written
+            there, so a later call can continue. The schedule still spans ``cfg.num_steps``.
         threads: intra-op threads per phase. None keeps torch's setting; an int sets it; "auto" picks,
             each step, the fastest count up to torch's setting for the decode and for the score pass and
             update separately (a quick matmul of each phase's shape, ``tulu_lab.generate.fastest_threads``):
@@ -845,8 +870,9 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         update_time = timer.lap()
 
         record = _step_record(cfg, step, batch, info, stats, world, learning_rate)
-        out_of_time = time_limit_s is not None and bool(
-            world.sum(torch.tensor(float(time.perf_counter() - started >= time_limit_s))) > 0)
+        # stop where the next step (as long as this one) would end past the limit
+        out_of_time = time_limit_s is not None and bool(world.sum(torch.tensor(float(
+            time.perf_counter() - started + generate_time + update_time > time_limit_s))) > 0)
         last = step + 1 == num_steps or out_of_time
         if eval_rows is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             eval_accuracy = _distributed_accuracy(model, tokenizer, eval_rows, cfg, world)
@@ -931,8 +957,9 @@ def _step_record(cfg, step, batch: RolloutBatch, info, stats: UpdateStats, world
             per_token = kl_estimate(batch.old_logprobs, batch.ref_logprobs, cfg.kl_estimator)
             kl_sum = world.sum(torch.stack([masked_sum(per_token, mask).double(), mask.sum().double()]))
             kl = float(kl_sum[0] / kl_sum[1].clamp(min=1))
-        ent = world.sum(torch.stack([masked_sum(batch.entropy, mask).double(), mask.sum().double()]))
-        entropy = float(ent[0] / ent[1].clamp(min=1))
+        if batch.entropy is not None:  # GRPO takes its rollout log-probs from the sampler, without entropy
+            ent = world.sum(torch.stack([masked_sum(batch.entropy, mask).double(), mask.sum().double()]))
+            entropy = float(ent[0] / ent[1].clamp(min=1))
     record = {
         "step": step + 1,
         "episodes": (step + 1) * cfg.rollout_batch,
