@@ -118,6 +118,29 @@ def test_tidy_table_and_skipping_finished_cells(tmp_path):
         run_sweep(_base(reward_model_weight=1.0), {"beta": [0.0]}, [1], **kwargs)
 
 
+def test_cells_finished_or_started_with_other_settings_are_retrained_afresh(tmp_path):
+    """A finished cell is skipped only when its folder was trained with the cell's exact config: after
+    a change of the base config (here num_minibatches) every cell trains again, without resuming."""
+    calls, resumes = [], []
+    fake = _fake_train(calls)
+
+    def train(cfg, *args, resume, **kwargs):
+        resumes.append(resume)
+        return fake(cfg, *args, resume=resume, **kwargs)
+
+    kwargs = dict(data=[], model_loader=lambda source: (None, None), train_fn=train, output_dir=tmp_path,
+                  progress=False)
+    run_sweep(_base(), {"beta": [0.0, 0.1]}, [1], **kwargs)
+    run_sweep(_base(), {"beta": [0.0, 0.1]}, [1], **kwargs)
+    assert len(calls) == 2 and resumes == [False, False]  # new folders; then both skipped
+    changed = _base(num_minibatches=2, per_device_batch=8)
+    run_sweep(changed, {"beta": [0.0, 0.1]}, [1], **kwargs)
+    assert len(calls) == 4 and resumes[2:] == [False, False]
+    (tmp_path / "beta=0_seed=1" / "done.json").unlink()  # as if killed mid-run: same settings resume
+    run_sweep(changed, {"beta": [0.0, 0.1]}, [1], **kwargs)
+    assert len(calls) == 5 and resumes[4] is True
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_and_skips_finished_cells(tiny_model_dir, tmp_path):
     """A real 2x2 sweep on a tiny model, killed with SIGKILL during the last step of its second cell."""

@@ -14,7 +14,8 @@ Grid axes (any mix; values are lists):
 
 A cell's folder is named from its parameters (``beta=0.04_lr=2e-05_seed=1``). A finished cell leaves a
 ``done.json`` marker and is skipped next time; an unfinished one (a crash, a kill) resumes from its
-newest checkpoint. Every cell's configuration is built and validated before any training starts, so
+newest checkpoint. Both only when the folder was trained with the cell's exact configuration
+(``cell_config.json``): after a change of the base config the cell is trained afresh. Every cell's configuration is built and validated before any training starts, so
 an impossible cell fails at once, not hours into the sweep.
 
 The returned table is tidy: one row per (cell, step) with the grid axes, ``seed``, ``cell``, ``step``,
@@ -42,6 +43,7 @@ TARGET_MODULE_ALIASES = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
 DONE_MARKER = "done.json"
+CONFIG_RECORD = "cell_config.json"   # the configuration the cell's folder was trained with
 
 
 @dataclasses.dataclass
@@ -60,8 +62,19 @@ class Cell:
         return Path(self.cfg.output_dir)
 
     @property
+    def config_text(self) -> str:
+        return json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True, default=str)
+
+    @property
+    def same_config(self) -> bool:
+        """Whether the cell's folder holds a run of exactly this configuration (else its checkpoints and
+        marker belong to other settings, e.g. a changed base config)."""
+        record = self.output_dir / CONFIG_RECORD
+        return record.is_file() and record.read_text() == self.config_text
+
+    @property
     def done(self) -> bool:
-        return (self.output_dir / DONE_MARKER).is_file()
+        return (self.output_dir / DONE_MARKER).is_file() and self.same_config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,11 +229,17 @@ def run_sweep(base_cfg: RLVRConfig, grid: dict[str, Sequence[Any]], seeds: Seque
             if progress:
                 print(f"[sweep] {index + 1}/{len(cells)} {cell.name}: done, skipped", flush=True)
             continue
+        # a folder left by other settings starts afresh: its checkpoints are not this cell's
+        resume = cell.same_config
         if progress:
-            print(f"[sweep] {index + 1}/{len(cells)} {cell.name}: training", flush=True)
+            stale = "" if resume or not cell.output_dir.exists() else " (its folder holds other settings: afresh)"
+            print(f"[sweep] {index + 1}/{len(cells)} {cell.name}: training{stale}", flush=True)
+        (cell.output_dir / DONE_MARKER).unlink(missing_ok=True)
+        cell.output_dir.mkdir(parents=True, exist_ok=True)
+        (cell.output_dir / CONFIG_RECORD).write_text(cell.config_text)
         cell_model, tokenizer = loader(cell.source)
         summary = train(cell.cfg, cell_model, tokenizer, data, eval_data=eval_data,
-                        reward_model=reward_model if cell.use_reward_model else None, resume=True,
+                        reward_model=reward_model if cell.use_reward_model else None, resume=resume,
                         progress=progress)
         if (summary or {}).get("stopped_early"):
             if progress:
