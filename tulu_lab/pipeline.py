@@ -224,10 +224,10 @@ def rlvr_config(smoke: bool | None = None, **overrides: Any):
                   prompts_per_step=s.rlvr_prompts_per_step, num_minibatches=s.rlvr_minibatches,
                   temperature=s.rlvr_temperature, checkpoint_every=max(1, s.rlvr_steps // 6), eval_every=0)
     values.update(overrides)
+    cfg = RLVRConfig.cpu_preset(**values)
     if "per_device_batch" not in overrides:  # micro-batches of up to 16 responses that split each minibatch evenly
-        per_minibatch = values["prompts_per_step"] * values.get("samples_per_prompt", 8) // values["num_minibatches"]
-        values["per_device_batch"] = math.gcd(16, per_minibatch)
-    return RLVRConfig.cpu_preset(**values)
+        cfg = replace(cfg, per_device_batch=math.gcd(16, cfg.rollout_batch // cfg.num_minibatches))
+    return cfg
 
 
 def run_rlvr(smoke: bool | None = None, force: bool = False, start: str = "dpo", **overrides: Any) -> Path:

@@ -73,6 +73,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.rnn import pad_sequence
 
 from tulu_lab.config import RLVRConfig
 from tulu_lab.generate import check_threads, fastest_threads, format_prompt, generate, num_threads
@@ -428,7 +429,7 @@ def score_rollout(cfg: RLVRConfig, model, batch: RolloutBatch, *, value_head: nn
     need_policy = _needs_policy_pass(cfg)
     if need_policy and cfg.algorithm == "grpo" and batch.sampler_logprobs is not None:
         # the sampler already computed the rollout policy's log-probs: no second forward pass
-        batch.old_logprobs = batch.sampler_logprobs[:, :width].clone()
+        batch.old_logprobs = batch.sampler_logprobs
         need_policy = False
     need_ref = cfg.beta > 0 or (cfg.track_kl and (ref_model is not None or hasattr(model, "disable_adapter")))
     if need_policy:
@@ -518,7 +519,7 @@ def _minibatch_rows(cfg: RLVRConfig, batch: RolloutBatch, step: int, epoch: int,
     unit = batch.group_size if (n_global // batch.group_size) % cfg.num_minibatches == 0 else 1
     generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, step, epoch, 11))
     order = torch.randperm(n_global // unit, generator=generator).tolist()
-    per_minibatch = len(order) // cfg.num_minibatches if unit > 1 else math.ceil(len(order) / cfg.num_minibatches)
+    per_minibatch = math.ceil(len(order) / cfg.num_minibatches)
     lo, hi = batch.global_offset, batch.global_offset + n_local
     minibatches = []
     for start in range(0, len(order), per_minibatch):
@@ -689,18 +690,11 @@ def rollout(cfg: RLVRConfig, model, tokenizer, rows: list[dict], prompt_texts: l
     prompt_ids = [tokenizer(prompt_texts[g.prompt_index], add_special_tokens=False)["input_ids"] for g in generations]
     batch = RolloutBatch(prompt_ids=prompt_ids, response_ids=[list(g.token_ids) for g in generations],
                          scores=scores, group_size=k, global_offset=global_offset,
-                         sampler_logprobs=_padded([g.logprobs for g in generations]))
+                         sampler_logprobs=pad_sequence([torch.tensor(g.logprobs, dtype=torch.float32)
+                                                        for g in generations], batch_first=True))
     info = {"correct": correct, "stopped": stopped, "lengths": [len(g.token_ids) for g in generations],
             "generations": generations}
     return batch, info
-
-
-def _padded(rows: list[list[float]]) -> torch.Tensor:
-    """Per-token values of each response, right-padded with zeros to the longest: (n, T) float32."""
-    out = torch.zeros(len(rows), max((len(r) for r in rows), default=0))
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r, dtype=torch.float32)
-    return out
 
 
 def _verify(row: dict, text: str) -> bool:

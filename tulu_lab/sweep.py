@@ -15,8 +15,9 @@ Grid axes (any mix; values are lists):
 A cell's folder is named from its parameters (``beta=0.04_lr=2e-05_seed=1``). A finished cell leaves a
 ``done.json`` marker and is skipped next time; an unfinished one (a crash, a kill) resumes from its
 newest checkpoint. Both only when the folder was trained with the cell's exact configuration
-(``cell_config.json``): after a change of the base config the cell is trained afresh. Every cell's configuration is built and validated before any training starts, so
-an impossible cell fails at once, not hours into the sweep.
+(``cell_config.json``): after a change of the base config the cell is trained afresh. Every cell's
+configuration is built and validated before any training starts, so an impossible cell fails at once,
+not hours into the sweep.
 
 The returned table is tidy: one row per (cell, step) with the grid axes, ``seed``, ``cell``, ``step``,
 ``episodes``, every logged metric, and ``final`` (True on each cell's last step).
