@@ -299,7 +299,7 @@ def test_hub_rows_are_converted(monkeypatch):
         ])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    rows = load_ifeval()
+    rows = load_ifeval(loaders.IFEVAL_HF_ID)  # without a source the shipped copy is read
     assert calls == [(loaders.IFEVAL_HF_ID, None, "train")]
     assert rows[0]["kwargs"] == [{}]
 

@@ -170,13 +170,20 @@ def test_bad_arguments_and_rows_are_named(tmp_path):
         evaluate(object(), None, "gsm8k", data=[], output_dir=tmp_path)
 
 
-def test_default_hub_source_fails_offline_with_a_clear_message(tmp_path, monkeypatch):
-    from tulu_lab.data import DataSourceNotFoundError
+def test_without_data_the_shipped_set_is_scored_offline(tmp_path, monkeypatch):
+    from tulu_lab.data import DataSourceNotFoundError, load_gsm8k
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    first, second = load_gsm8k(limit=2)  # the shipped test set's first problems (answers 18 and 3)
+    assert first["final_answer"] != second["final_answer"]
+    backend = ScriptedBackend({}, default=f"#### {first['final_answer']}")
+    frame = evaluate(backend, None, "gsm8k", limit=2, shots=0, output_dir=tmp_path, progress=False)
+    accuracy, n, _ = _value(frame, "exact_match_flex")
+    assert (accuracy, n) == (0.5, 2)
+    # PopQA is not shipped: its hub id fails offline with a message that says what to pass instead
     with pytest.raises(DataSourceNotFoundError, match="local file"):
-        evaluate(ScriptedBackend({}), None, "gsm8k", limit=2, output_dir=tmp_path, progress=False)
+        evaluate(ScriptedBackend({}), None, "popqa", limit=2, output_dir=tmp_path, progress=False)
 
 
 # --- the tiny model end to end: real generation, cache, fingerprints -------------------------------

@@ -43,3 +43,28 @@ def test_notebooks_are_committed_without_outputs():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_in_smoke_mode(path, smoke_env):
     execute_notebook(path, smoke_env / "executed", timeout=1800)
+
+
+@pytest.mark.slow
+def test_notebooks_run_from_a_clone_without_the_shared_folder(smoke_env, tmp_path, monkeypatch):
+    """A fresh clone has nothing beside it: the notebooks that read real benchmark data use the shipped
+    copies. Runs after the smoke runs above (same runs/ folder, so 06 and 08 find the stage checkpoints)."""
+    import subprocess
+    import sys
+
+    clone = tmp_path / "clone"
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "tulu_lab", "notebooks",
+                              "pyproject.toml"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_bytes((ROOT / name).read_bytes())
+    assert not (clone.parent / "shared").exists()
+    monkeypatch.setenv("PYTHONPATH", str(clone))  # the kernels import the clone's package
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    imported = subprocess.run([sys.executable, "-c", "import tulu_lab; print(tulu_lab.__file__)"],
+                              cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert imported == str(clone / "tulu_lab" / "__init__.py")
+    for path in notebook_paths(clone / "notebooks", ["01_", "06_", "08_"]):
+        execute_notebook(path, smoke_env / "executed-clone", timeout=1800)

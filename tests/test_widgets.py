@@ -285,3 +285,9 @@ def test_explorer_reads_a_sweep_table():
     assert explorer.x.value == "episodes" and "eval/accuracy" in explorer.metrics
     explorer.color_by.value = "cell"
     assert len(legend_labels(explorer.figure)) == 6
+
+
+def test_benchmark_examples_default_to_the_shipped_sets():
+    examples = benchmark_examples(n_per_benchmark=2)
+    assert [e["dataset"] for e in examples] == ["gsm8k", "gsm8k", "math", "math"]
+    assert examples[0]["id"] == "gsm8k/test/0" and examples[0]["ground_truth"] == "18"

@@ -76,7 +76,7 @@ class BenchmarkSpec:
     max_new_tokens: int          # default generation budget
     stop: tuple[str, ...]        # stop strings besides EOS
     metrics: tuple[str, ...]     # reported metrics, headline first
-    hf_id: str                   # where the data comes from when ``data`` is not given
+    hf_id: str                   # its Hugging Face id (without ``data``: the shipped copy; PopQA: this id)
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -97,10 +97,9 @@ def _load_rows(benchmark: str, data) -> list[dict]:
     from tulu_lab import data as loaders
 
     if data is None or isinstance(data, (str, os.PathLike)):
-        source = BENCHMARKS[benchmark].hf_id if data is None else data
         load = {"gsm8k": loaders.load_gsm8k, "math": loaders.load_math, "ifeval": loaders.load_ifeval,
                 "popqa": loaders.load_popqa}[benchmark]
-        return load(source)
+        return load() if data is None else load(data)  # no data: the shipped test set (PopQA: the hub)
     if not isinstance(data, (list, tuple)):
         raise TypeError(f"data must be a path, a Hugging Face dataset id or a list of row dicts, "
                         f"got {type(data).__name__}")

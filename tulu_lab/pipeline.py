@@ -393,7 +393,7 @@ def evaluate_stages(benchmarks=("gsm8k", "ifeval"), data_dir: str | Path | None 
     with 256 new tokens on the first ``limit`` prompts (smoke: 4 examples, 16 tokens), all of them
     decoded as one batch (the GSM8K exemplars computed once); about 1.3 minutes per stage on 2 CPU
     cores. ``data_dir`` holds ``gsm8k/test.jsonl`` and ``ifeval/input_data.jsonl``; without it the
-    Hugging Face ids are used.
+    test sets shipped with the package are used.
     """
     import pandas as pd
 

@@ -61,21 +61,24 @@ def synthetic_examples(n_per_kind: int = 2, seed: int = 0) -> list[dict]:
     return examples
 
 
-def benchmark_examples(data_dir: str | Path, n_per_benchmark: int = 2) -> list[dict]:
-    """RLVR rows from the real GSM8K and MATH-500 test sets under ``data_dir`` (gsm8k/test.jsonl,
-    math/test.jsonl), with the same instructions the synthetic prompts carry. Missing files are skipped."""
+def benchmark_examples(data_dir: str | Path | None = None, n_per_benchmark: int = 2) -> list[dict]:
+    """RLVR rows from the real GSM8K and MATH-500 test sets, with the same instructions the synthetic
+    prompts carry: the copies shipped with the package, or ``data_dir/gsm8k/test.jsonl`` and
+    ``data_dir/math/test.jsonl`` when a folder is given (a file missing there is skipped)."""
     from tulu_lab.data import GSM_INSTRUCTION, MATH_INSTRUCTION, load_gsm8k, load_math
 
-    data_dir = Path(data_dir)
+    sources = {"gsm8k": None, "math": None}
+    if data_dir is not None:
+        sources = {name: Path(data_dir) / name / "test.jsonl" for name in sources}
+        sources = {name: path for name, path in sources.items() if path.is_file()}
     examples = []
-    gsm_path, math_path = data_dir / "gsm8k" / "test.jsonl", data_dir / "math" / "test.jsonl"
-    if gsm_path.is_file():
-        for row in load_gsm8k(gsm_path, limit=n_per_benchmark):
+    if "gsm8k" in sources:
+        for row in load_gsm8k(sources["gsm8k"], limit=n_per_benchmark):
             examples.append({"id": row["id"], "label": f"GSM8K {row['id']}: {_shorten(row['question'])}",
                              "messages": [{"role": "user", "content": row["question"] + GSM_INSTRUCTION}],
                              "ground_truth": row["final_answer"], "dataset": "gsm8k"})
-    if math_path.is_file():
-        for row in load_math(math_path, limit=n_per_benchmark):
+    if "math" in sources:
+        for row in load_math(sources["math"], limit=n_per_benchmark):
             examples.append({"id": row["id"], "label": f"MATH {row['id']}: {_shorten(row['problem'])}",
                              "messages": [{"role": "user", "content": row["problem"] + MATH_INSTRUCTION}],
                              "ground_truth": row["answer"], "dataset": "math"})

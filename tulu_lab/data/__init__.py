@@ -8,6 +8,7 @@
                      rlvr_row / sft_row / preference_row
     synthetic_math   MATH-style problems with \\boxed{} answers
     synthetic_ifeval IFEval-style constraint prompts with RLVR ground-truth JSON
+    shipped          the GSM8K test, MATH-500 and IFEval files shipped in benchmarks/ (sha256-checked)
 """
 
 from tulu_lab.data.fewshot import (
@@ -32,6 +33,7 @@ from tulu_lab.data.loaders import (
     remove_calculator_annotations,
     validate_messages,
 )
+from tulu_lab.data.shipped import ShippedDataError, shipped_benchmark, shipped_manifest
 from tulu_lab.data.synthetic import (
     GSM_INSTRUCTION,
     TEMPLATE_NAMES,
@@ -55,6 +57,7 @@ __all__ = [
     "format_question", "generate_ifeval_prompts", "generate_math_problems", "generate_word_problems",
     "gsm8k_final_answer", "gsm_prompt", "last_boxed_content", "load_gsm8k", "load_ifeval", "load_math",
     "load_popqa", "load_preference", "load_records", "load_rlvr", "load_sft", "make_splits",
-    "preference_row", "remove_calculator_annotations", "rlvr_row", "sft_row", "validate_messages",
+    "preference_row", "remove_calculator_annotations", "rlvr_row", "ShippedDataError", "sft_row",
+    "shipped_benchmark", "shipped_manifest", "validate_messages",
     "wrong_solution",
 ]

@@ -2,9 +2,10 @@
 
 Every loader takes a ``source``: either a local file (jsonl, json, tsv/csv or parquet), a folder
 holding ``{split}.jsonl`` (or .json/.tsv/.csv/.parquet), or a Hugging Face ``datasets`` id, which is
-tried only when ``source`` is not an existing path. Each returns a plain ``list[dict]`` in file order,
-validated row by row: a malformed row raises :class:`DataFormatError` naming the file, the line (or
-row) and the field, and what was expected, so a bad file is fixed in one look.
+tried only when ``source`` is not an existing path. Without a source, GSM8K (test), MATH-500 and
+IFEval are read from the copies shipped with the package (``tulu_lab.data.shipped``). Each returns a
+plain ``list[dict]`` in file order, validated row by row: a malformed row raises :class:`DataFormatError`
+naming the file, the line (or row) and the field, and what was expected, so a bad file is fixed in one look.
 
 Formats
   GSM8K   ``question``, ``answer`` (worked solution ending "#### N")          -> load_gsm8k
@@ -24,6 +25,8 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
+
+from tulu_lab.data.shipped import default_source
 
 # Hugging Face ids used when a loader is called without a local file.
 GSM8K_HF_ID = "openai/gsm8k"          # config "main"; splits train (7,473) / test (1,319)
@@ -304,15 +307,20 @@ def remove_calculator_annotations(solution: str) -> str:
     return re.sub(r"<<[^<>]*>>", "", solution)
 
 
-def load_gsm8k(source: str | os.PathLike = GSM8K_HF_ID, *, split: str = "test", limit: int | None = None,
+def load_gsm8k(source: str | os.PathLike | None = None, *, split: str = "test", limit: int | None = None,
                config: str = "main") -> list[dict]:
     """GSM8K rows: ``{"id", "question", "answer", "final_answer"}``.
+
+    Without ``source`` the test split is the copy shipped with the package (1,319 problems) and the
+    train split is read from Hugging Face (``openai/gsm8k``).
 
     ``answer`` is the worked solution as published (with ``<<...>>`` calculator annotations and the
     closing "#### N" line); ``final_answer`` is the text after "####" as written (the RLVR ground
     truth, e.g. "18"; 93 of the 8,792 answers carry thousands commas, e.g. "1,080"). ``id`` is
     ``"gsm8k/{split}/{index}"``.
     """
+    if source is None:
+        source = default_source("gsm8k", split, GSM8K_HF_ID)
     rows = []
     hint = "a jsonl file with one {\"question\": str, \"answer\": str ending in '#### N'} per line " \
            "(github.com/openai/grade-school-math, grade_school_math/data/{train,test}.jsonl)."
@@ -345,14 +353,17 @@ def last_boxed_content(text: str) -> str | None:
     return None
 
 
-def load_math(source: str | os.PathLike = MATH500_HF_ID, *, split: str = "test", limit: int | None = None,
+def load_math(source: str | os.PathLike | None = None, *, split: str = "test", limit: int | None = None,
               config: str | None = None) -> list[dict]:
     r"""MATH rows: ``{"id", "problem", "solution", "answer", "subject", "level"}``.
 
     Reads the MATH-500 layout (``answer``, ``subject``, integer ``level``, ``unique_id``) and the
     original Hendrycks layout (``type``, ``level`` like "Level 3", no ``answer``: it is taken from the
     last ``\boxed{}`` of the solution). ``level`` is an int, or None where the source says "Level ?".
+    Without ``source`` it reads MATH-500 as shipped with the package.
     """
+    if source is None:
+        source = default_source("math", split, MATH500_HF_ID)
     rows = []
     hint = "a jsonl file with problem/solution/answer/subject/level/unique_id per line (MATH-500, " \
            "github.com/openai/prm800k prm800k/math_splits/test.jsonl)."
@@ -387,13 +398,16 @@ def load_math(source: str | os.PathLike = MATH500_HF_ID, *, split: str = "test",
     return rows
 
 
-def load_ifeval(source: str | os.PathLike = IFEVAL_HF_ID, *, split: str = "train",
+def load_ifeval(source: str | os.PathLike | None = None, *, split: str = "train",
                 limit: int | None = None) -> list[dict]:
     """IFEval prompts: ``{"id", "key", "prompt", "instruction_id_list", "kwargs"}``.
 
     ``kwargs`` is a list parallel to ``instruction_id_list``; keys whose value is None are dropped
-    (the Hugging Face copy stores every possible argument, mostly as None).
+    (the Hugging Face copy stores every possible argument, mostly as None). Without ``source`` it reads
+    the 541 prompts as shipped with the package.
     """
+    if source is None:
+        source = default_source("ifeval", split, IFEVAL_HF_ID)
     rows = []
     hint = "a jsonl file with key/prompt/instruction_id_list/kwargs per line (github.com/google-research/" \
            "google-research, instruction_following_eval/data/input_data.jsonl)."
