@@ -18,8 +18,8 @@ The chat template is the model's own (ChatML, as the model card measured) unless
     python benchmarks/eval_embedded.py --gsm8k-limit 20 --ifeval-limit 20   # a quick look
     python benchmarks/eval_embedded.py --data-dir /path/to/data --threads 1
 
-Data: ``--data-dir`` holds gsm8k/test.jsonl and ifeval/input_data.jsonl (default: ../shared/data
-beside the repository); ``--gsm8k`` / ``--ifeval`` name the files directly. Results, generations and
+Data: the test sets shipped with the package (``tulu_lab/data/benchmarks/``); ``--data-dir`` names a
+folder holding gsm8k/test.jsonl and ifeval/input_data.jsonl instead, ``--gsm8k`` / ``--ifeval`` the files. Results, generations and
 a summary.csv go to ``--output-dir``; a rerun with the same settings reads them back.
 
 Notes for this machine class: without AVX-512 BF16/AMX, bf16 matrix products are emulated and far
@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 # SmolLM2-135M-Instruct model card, "Instruction model" table (lighteval).
 MODEL_CARD = {
@@ -48,8 +47,8 @@ MODEL_CARD = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="folder with gsm8k/test.jsonl and ifeval/input_data.jsonl (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with gsm8k/test.jsonl and ifeval/input_data.jsonl (default: the shipped copies)")
     parser.add_argument("--gsm8k", type=Path, default=None, help="GSM8K test file (default: DATA_DIR/gsm8k/test.jsonl)")
     parser.add_argument("--ifeval", type=Path, default=None,
                         help="IFEval prompts (default: DATA_DIR/ifeval/input_data.jsonl)")
@@ -67,8 +66,11 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "runs" / "eval_embedded")
     parser.add_argument("--no-cache", action="store_true", help="generate again even if results are saved")
     args = parser.parse_args(argv)
-    args.gsm8k = args.gsm8k or args.data_dir / "gsm8k" / "test.jsonl"
-    args.ifeval = args.ifeval or args.data_dir / "ifeval" / "input_data.jsonl"
+    from tulu_lab.data import shipped_benchmark
+
+    folder = args.data_dir
+    args.gsm8k = args.gsm8k or (folder / "gsm8k" / "test.jsonl" if folder else shipped_benchmark("gsm8k"))
+    args.ifeval = args.ifeval or (folder / "ifeval" / "input_data.jsonl" if folder else shipped_benchmark("ifeval"))
     args.benchmarks = [b.strip().lower() for b in args.benchmarks.split(",") if b.strip()]
     unknown = set(args.benchmarks) - {"ifeval", "gsm8k"}
     if unknown:

@@ -312,7 +312,7 @@ def evaluate(model_or_backend, tokenizer, benchmark: str, *, limit: int | None =
         batch_size: rows decoded together by the local sampler.
         seed: sampler seed (decoding is greedy; the seed matters only to backends that sample anyway).
         data: a local file or folder, a Hugging Face dataset id, or a list of row dicts. Default: the
-            benchmark's Hugging Face id (needs network; offline it fails with a message saying so).
+            test set shipped with the package (GSM8K, MATH-500, IFEval); PopQA's Hugging Face id.
         max_new_tokens: generation budget instead of the default (512 / 1024 / 2048 / 15).
         model_name: the name shown in the ``model`` column (default: the model's folder or hub name);
             for a backend without an ``identity`` it also keys the cache.
