@@ -25,6 +25,7 @@ from collections import Counter
 
 __all__ = ["detect_language", "detect_language_offline", "langdetect_available"]
 
+LANGUAGE_SAMPLE_CHARS = 100_000
 _langdetect_lock = threading.Lock()
 _langdetect_ready = False
 _fallback_warned = False
@@ -43,9 +44,12 @@ def detect_language(text: str) -> str | None:
     """ISO 639-1 code of the language of ``text`` ("en", "hi", "zh-cn", ...) or None if unknown.
 
     Uses ``langdetect`` when installed (seeded, so repeated calls agree), else
-    ``detect_language_offline``.
+    ``detect_language_offline``. Only the first ``LANGUAGE_SAMPLE_CHARS`` characters are read:
+    langdetect itself keeps only 10,000 characters (after removing URLs and e-mail addresses),
+    and its e-mail pattern backtracks ~64 steps per character on long runs of letters.
     """
     global _langdetect_ready, _fallback_warned
+    text = text[:LANGUAGE_SAMPLE_CHARS]
     try:
         import langdetect
         from langdetect.lang_detect_exception import LangDetectException
