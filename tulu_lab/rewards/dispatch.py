@@ -11,6 +11,7 @@ from typing import Callable
 
 from .gsm8k import verify_gsm8k
 from .ifeval_rlvr import verify_ifeval
+from .language import prepare_language_detector
 from .math_answer import verify_math
 from .time_bound import VERIFY_TIME_LIMIT_S, VerifierTimeout, time_bound
 
@@ -38,6 +39,8 @@ def verify(dataset: str, response: str, ground_truth: str) -> bool:
     if not isinstance(response, str):
         raise ValueError(f"response must be a string, got {type(response).__name__}")
     verifier = VERIFIERS[dataset.strip().lower()]
+    if verifier is verify_ifeval:
+        prepare_language_detector()  # a one-time load, not part of any response's time
     with time_bound(VERIFY_TIME_LIMIT_S):
         try:
             return bool(verifier(response, ground_truth))

@@ -31,7 +31,7 @@ import math
 import re
 from typing import Any, Callable
 
-from .language import detect_language
+from .language import detect_language, prepare_language_detector
 from .text_split import count_sentences, count_words, word_tokens
 from .time_bound import VERIFY_TIME_LIMIT_S, VerifierTimeout, check_deadline, time_bound
 
@@ -411,6 +411,8 @@ def ifeval_check(
     strict: list[bool] = []
     loose: list[bool] = []
     timed_out = False
+    if any(i.startswith(("language:", "change_case:english")) for i in instruction_id_list):
+        prepare_language_detector()  # a one-time load, not part of any response's time
     with time_bound(time_limit_s):
         try:
             variants = loose_variants(response)
