@@ -39,7 +39,7 @@ def verify(dataset: str, response: str, ground_truth: str) -> bool:
     if not isinstance(response, str):
         raise ValueError(f"response must be a string, got {type(response).__name__}")
     verifier = VERIFIERS[dataset.strip().lower()]
-    if verifier is verify_ifeval:
+    if verifier is verify_ifeval and "validate_response_language" in str(ground_truth):
         prepare_language_detector()  # a one-time load, not part of any response's time
     with time_bound(VERIFY_TIME_LIMIT_S):
         try:
