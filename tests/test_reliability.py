@@ -606,3 +606,25 @@ def test_every_verifier_returns_within_a_second_on_random_megabytes(warm_verifie
 
     large()
     assert len(timings) >= 10  # the examples really ran
+
+
+@pytest.mark.slow  # two `transformers serve` start-ups, 15-30 s each
+def test_weights_fingerprint_through_transformers_serve(tmp_path):
+    """A real server: the same folder name served with other weights has another fingerprint."""
+    from test_backends import _start_transformers_serve, _stop
+
+    from tulu_lab.tiny import make_tiny_llama
+
+    folder = tmp_path / "served"
+    prints = []
+    for seed in (0, 0, 1):  # a restart with the same weights, then other weights in the same folder
+        if folder.exists():
+            shutil.rmtree(folder)
+        make_tiny_llama(folder, seed=seed)
+        process, url = _start_transformers_serve(folder, tmp_path / f"serve-{seed}.log")
+        try:
+            with OpenAIBackend(url, str(folder), timeout=120, chat=False) as backend:
+                prints.append(backend.weights_fingerprint())
+        finally:
+            _stop(process)
+    assert prints[0] == prints[1] and prints[1] != prints[2]
