@@ -25,12 +25,21 @@ How OpenAIBackend maps the API onto ``Generation``:
   ``tokenizer`` is given to re-encode the text; otherwise empty.
 * transient failures (connection errors, timeouts, HTTP 429 and 5xx) are retried with exponential
   backoff (``Retry-After`` honoured, capped); other HTTP errors fail at once with the server's message.
+* ``timeout`` bounds each attempt as a whole: the body is read in chunks against one deadline, so a
+  server that trickles bytes cannot hold a request past it.
+* replies are checked before use: a reply that is not ``{"choices": [{...}]}``, or whose ``content``
+  / ``text`` is not a string, fails with an error naming the request and the field.
+* ``identity`` (what evaluation caches results under) includes a fingerprint of the served weights:
+  a fixed greedy probe request whose text and rounded log-probs are hashed, so a server restarted
+  with other weights under the same name is not mistaken for the old one.
 * at most ``max_concurrency`` requests are in flight (a thread pool over one shared httpx client).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import random
 import threading
 import time
@@ -46,6 +55,9 @@ __all__ = ["LocalBackend", "OpenAIBackend", "OpenAIBackendError", "call_generate
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
+# The weights probe: a fixed question answered greedily in a few tokens.
+PROBE_PROMPT = ({"role": "user", "content": "Name the largest planet of the solar system."},)
+PROBE_TOKENS = 8
 
 
 class OpenAIBackendError(RuntimeError):
@@ -117,7 +129,8 @@ class OpenAIBackend:
         base_url: the server, e.g. "http://127.0.0.1:8000/v1" ("/v1" is added when missing).
         model: the model name the server knows (``GET /v1/models`` lists them).
         api_key: sent as a bearer token (local servers accept anything).
-        timeout: seconds for one request (connect and read). Long generations on a busy server need more.
+        timeout: seconds for one attempt in all (connect, send, and reading the whole reply). Long
+            generations on a busy server need more.
         max_retries: retries after the first attempt, for connection errors, timeouts, 429 and 5xx.
         max_concurrency: requests in flight at once.
         chat: send message lists to /v1/chat/completions. With chat=False they are rendered here with
@@ -155,15 +168,33 @@ class OpenAIBackend:
         self._rng_lock = threading.Lock()  # guards _rng and requests_sent across worker threads
         self.requests_sent = 0        # attempts, retries included (for tests and diagnostics)
 
-    # -- identity --------------------------------------------------------------------------------
+    # -- identity ---------------------------------------------------------------------------------
     @property
     def name(self) -> str:
         return self.model
 
+    def weights_fingerprint(self) -> str:
+        """A hash of the served model's greedy answer to a fixed probe (text and log-probs rounded
+        to 0.1 nat, coarse enough for batch-to-batch noise, fine enough to tell fine-tunes apart).
+
+        Sends one short request each time it is called: a server restarted with other weights
+        under the same name answers differently, so nothing cached for the old weights is reused.
+        """
+        prompt = list(PROBE_PROMPT) if self.chat else PROBE_PROMPT[0]["content"]
+        if not self.chat and self.tokenizer is not None:
+            prompt = format_prompt(list(PROBE_PROMPT), self.tokenizer)
+        [probe] = self.generate([prompt], max_new_tokens=PROBE_TOKENS, temperature=0.0, seed=0, progress=False)
+        material = json.dumps({"text": probe.text, "finish": probe.finish_reason,
+                               "logprobs": [round(x, 1) for x in probe.logprobs]})
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
     @property
     def identity(self) -> str:
-        """What evaluation caches results under: the server and the model it serves."""
-        return f"openai:{self.base_url}:{self.model}:chat={self.chat}"
+        """What evaluation caches results under: the server, the served name, the request settings
+        and a fingerprint of the weights behind the name (one probe request per read)."""
+        extra = json.dumps(self.extra_body, sort_keys=True, default=str)
+        return (f"openai:{self.base_url}:{self.model}:chat={self.chat}:extra={extra}"
+                f":weights={self.weights_fingerprint()}")
 
     def close(self) -> None:
         self._client.close()
@@ -188,8 +219,19 @@ class OpenAIBackend:
                 delay = max(delay, hinted)
         time.sleep(min(delay, MAX_BACKOFF_S))
 
+    def _post_once(self, url: str, body: dict) -> tuple[int, bytes, httpx.Response]:
+        """One attempt: (status, body bytes), read against a deadline of ``timeout`` seconds in all."""
+        deadline = time.monotonic() + self.timeout
+        with self._client.stream("POST", url, json=body) as response:
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"the reply took longer than {self.timeout:g} s in all")
+            return response.status_code, b"".join(chunks), response
+
     def _post(self, path: str, body: dict) -> dict:
-        """POST with retries; returns the decoded JSON or raises OpenAIBackendError."""
+        """POST with retries; returns the decoded JSON object or raises OpenAIBackendError."""
         url = self.base_url + path
         last_problem = ""
         for attempt in range(self.max_retries + 1):
@@ -197,22 +239,27 @@ class OpenAIBackend:
             with self._rng_lock:
                 self.requests_sent += 1
             try:
-                response = self._client.post(url, json=body)
+                status, content, response = self._post_once(url, body)
             except httpx.TimeoutException as exc:
                 last_problem = f"timed out after {self.timeout:g} s ({type(exc).__name__})"
             except httpx.TransportError as exc:  # refused, reset, closed mid-response
                 last_problem = f"connection failed ({type(exc).__name__}: {exc})"
             else:
-                if response.status_code < 400:
+                text = content.decode("utf-8", errors="replace")
+                if status < 400:
                     try:
-                        return response.json()
+                        reply = json.loads(content)
                     except ValueError:
-                        raise OpenAIBackendError(f"POST {url}: the server answered {response.status_code} "
-                                                 f"with non-JSON content {response.text[:200]!r}") from None
-                detail = response.text[:500]
-                if response.status_code not in RETRY_STATUS:
-                    raise OpenAIBackendError(f"POST {url}: HTTP {response.status_code} (not retried): {detail}")
-                last_problem = f"HTTP {response.status_code}: {detail}"
+                        raise OpenAIBackendError(f"POST {url}: the server answered {status} "
+                                                 f"with non-JSON content {text[:200]!r}") from None
+                    if not isinstance(reply, dict):
+                        raise OpenAIBackendError(f"POST {url}: expected a JSON object with 'choices', got "
+                                                 f"{type(reply).__name__} {text[:200]!r}")
+                    return reply
+                detail = text[:500]
+                if status not in RETRY_STATUS:
+                    raise OpenAIBackendError(f"POST {url}: HTTP {status} (not retried): {detail}")
+                last_problem = f"HTTP {status}: {detail}"
             if attempt < self.max_retries:
                 self._sleep_before_retry(attempt, response)
         raise OpenAIBackendError(f"POST {url} failed after {self.max_retries + 1} attempts; last: {last_problem}")
@@ -246,7 +293,17 @@ class OpenAIBackend:
 
     def _parse_choice(self, choice: dict, chat_endpoint: bool, stop: list[str] | None,
                       prompt_text: str, prompt_index: int) -> Generation:
-        raw = (choice.get("message") or {}).get("content") if chat_endpoint else choice.get("text")
+        if not isinstance(choice, dict):
+            raise ValueError(f"a choice must be an object, got {choice!r:.200}")
+        if chat_endpoint:
+            message = choice.get("message")
+            if not isinstance(message, dict):
+                raise ValueError(f"choice 'message' must be an object, got {message!r:.200}")
+            raw, field = message.get("content"), "message.content"
+        else:
+            raw, field = choice.get("text"), "text"
+        if raw is not None and not isinstance(raw, str):
+            raise ValueError(f"choice {field} must be a string, got {type(raw).__name__} {raw!r:.100}")
         text = raw or ""
         tokens: list[str] = []
         logprobs: list[float] = []
@@ -303,12 +360,18 @@ class OpenAIBackend:
             path, body = self._request_for(prompt, n=missing, max_new_tokens=max_new_tokens,
                                            temperature=temperature, top_p=top_p, seed=request_seed, stop=stop)
             reply = self._post(path, body)
-            choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
-            if not choices:
-                raise OpenAIBackendError(f"POST {self.base_url}{path}: reply has no choices: {str(reply)[:300]}")
-            usage = reply.get("usage") or {}
+            choices = reply.get("choices")
+            if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+                raise OpenAIBackendError(f"POST {self.base_url}{path}: expected 'choices' to be a non-empty list "
+                                         f"of objects, got: {str(reply)[:300]}")
+            choices = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c.get("index"), int) else 0)
+            usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
             for choice in choices[:missing]:
-                generation = self._parse_choice(choice, chat_endpoint, stop, prompt_text, index)
+                try:
+                    generation = self._parse_choice(choice, chat_endpoint, stop, prompt_text, index)
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    raise OpenAIBackendError(f"POST {self.base_url}{path}: malformed reply ({exc}): "
+                                             f"{str(reply)[:300]}") from None
                 if usage.get("prompt_tokens") is not None:
                     generation.extra["prompt_tokens"] = usage["prompt_tokens"]
                 samples.append(generation)

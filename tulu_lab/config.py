@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from tulu_lab.paths import resolve_output_dir
 
 # Allowed names. Kept literal here so importing the configs does not import torch; a test checks
 # that they equal the tuples in tulu_lab.losses.
@@ -81,6 +84,9 @@ class _ConfigBase:
             if not any(_is_instance(value, option) for option in options):
                 names = " or ".join(_type_name(o) for o in options)
                 raise TypeError(f"{type(self).__name__}.{f.name} must be {names}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                # inf or nan passes every "> 0" test and trains to NaN weights
+                raise ValueError(f"{type(self).__name__}.{f.name} must be a finite number, got {value!r}")
 
     def _positive(self, *names: str) -> None:
         for name in names:
@@ -235,6 +241,8 @@ class _TrainConfig(_ConfigBase):
             self._fail("grad_clip", "None or > 0")
         if not self.output_dir:
             self._fail("output_dir", "a non-empty path")
+        # "runs/..." (the presets' form) lies under $TULU_LAB_RUNS, whatever the working directory
+        self.output_dir = str(resolve_output_dir(self.output_dir))
 
     @property
     def metrics_path(self) -> Path:

@@ -7,7 +7,8 @@ returns tidy rows ``model, stage, benchmark, metric, value, n, stderr`` (plus ``
 ``stderr = sqrt(p (1 - p) / n)``. Beside it, in ``output_dir``, it writes ``<key>.jsonl`` (one line
 per example: prompt, response, finish reason, extracted answer, verdicts), ``<key>.csv`` (the frame)
 and ``<key>.json`` (every setting used, timings). A second call with the same model weights, chat
-template, benchmark, settings and data reads those files instead of generating again.
+template, benchmark, settings and data reads those files instead of generating again. While it runs,
+each finished batch is appended to ``<key>.partial.jsonl``; a run that crashed resumes from it.
 
 Settings (defaults; ``shots`` and ``max_new_tokens`` override, and what was used is recorded):
 
@@ -58,6 +59,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from tulu_lab.backends import LocalBackend, call_generate
+from tulu_lab.paths import check_writable, resolve_output_dir
 
 __all__ = ["BENCHMARKS", "EVAL_VERSION", "POPQA_SHOTS_405B", "BenchmarkSpec", "evaluate", "model_fingerprint",
            "gsm8k_strict_answer", "popqa_correct"]
@@ -317,8 +319,11 @@ def evaluate(model_or_backend, tokenizer, benchmark: str, *, limit: int | None =
         model_name: the name shown in the ``model`` column (default: the model's folder or hub name);
             for a backend without an ``identity`` it also keys the cache.
         stage: label for the ``stage`` column ("base", "SFT", "DPO", "RLVR", ...).
-        output_dir: where ``<key>.jsonl`` / ``.csv`` / ``.json`` are written and the cache is read.
-        use_cache: reuse results from ``output_dir`` when model, template, settings and data match.
+        output_dir: where ``<key>.jsonl`` / ``.csv`` / ``.json`` are written and the cache is read;
+            "runs/..." lies under ``$TULU_LAB_RUNS`` when set (``tulu_lab.paths.resolve_output_dir``).
+            It must be writable: that is checked before anything is generated.
+        use_cache: reuse results from ``output_dir`` when model, template, settings and data match,
+            and resume an interrupted evaluation from its ``<key>.partial.jsonl``.
         progress: show a progress bar over examples.
 
     Returns:
@@ -377,7 +382,7 @@ def evaluate(model_or_backend, tokenizer, benchmark: str, *, limit: int | None =
     identity = _identity(model_or_backend, tokenizer, model_name)
     key_material = json.dumps({"identity": identity, "settings": settings, "data": data_hash}, sort_keys=True)
     key = f"{_slug(label)}-{benchmark}-{hashlib.sha256(key_material.encode()).hexdigest()[:12]}"
-    output_dir = Path(output_dir)
+    output_dir = resolve_output_dir(output_dir, "eval")
     paths = {kind: output_dir / f"{key}.{kind}" for kind in ("csv", "jsonl", "json")}
 
     if use_cache and identity is not None and all(p.is_file() for p in paths.values()):
@@ -389,13 +394,22 @@ def evaluate(model_or_backend, tokenizer, benchmark: str, *, limit: int | None =
                                seconds=meta.get("seconds"))
             return frame
 
+    check_writable(output_dir, "evaluate: output_dir")  # before any generation, not after it
     prompts = [_prompt(benchmark, row, shots, exemplars) for row in rows]
+    # Records are appended to <key>.partial.jsonl as each chunk finishes; a rerun after a crash keeps
+    # them (same key: same model, settings and data) and generates only what is missing.
+    partial = output_dir / f"{key}.partial.jsonl"
+    records: dict[int, dict] = {}
+    if use_cache and identity is not None:
+        records = _read_partial(partial, prompts)
+    elif partial.exists():
+        partial.unlink()
     # Longest prompts first: similar lengths share a batch, and the bar shows the slowest part early.
-    order = sorted(range(len(prompts)), key=lambda i: -_prompt_size(prompts[i]))
+    order = sorted((i for i in range(len(prompts)) if i not in records), key=lambda i: -_prompt_size(prompts[i]))
     chunk = max(batch_size * 4, 1)
-    generations: list[Any] = [None] * len(prompts)
     started = time.perf_counter()
-    with tqdm(total=len(prompts), desc=f"{benchmark} ({label})", disable=not progress, unit="ex") as bar:
+    with tqdm(total=len(prompts), initial=len(records), desc=f"{benchmark} ({label})", disable=not progress,
+              unit="ex") as bar:
         for start in range(0, len(order), chunk):
             indices = order[start:start + chunk]
             outputs = call_generate(backend, [prompts[i] for i in indices], max_new_tokens=max_new_tokens,
@@ -403,29 +417,57 @@ def evaluate(model_or_backend, tokenizer, benchmark: str, *, limit: int | None =
                                     stop=list(spec.stop) or None, progress=False)
             if len(outputs) != len(indices):
                 raise RuntimeError(f"the backend returned {len(outputs)} generations for {len(indices)} prompts")
-            for i, generation in zip(indices, outputs):
-                generations[i] = generation
+            fresh = [_record(benchmark, i, rows[i], prompts[i], generation) for i, generation in zip(indices, outputs)]
+            with partial.open("a", encoding="utf-8") as handle:
+                for record in fresh:
+                    handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            records.update((r["index"], r) for r in fresh)
             bar.update(len(indices))
     seconds = time.perf_counter() - started
 
-    records = []
-    for index, (row, prompt, generation) in enumerate(zip(rows, prompts, generations)):
-        records.append({"index": index, "id": row.get("id"), "prompt": prompt, "response": generation.text,
-                        "finish_reason": generation.finish_reason, "new_tokens": len(generation.token_ids),
-                        **_score(benchmark, row, generation.text)})
-    metrics = _metric_rows(benchmark, records)
+    ordered = [records[i] for i in range(len(prompts))]
+    metrics = _metric_rows(benchmark, ordered)
     frame = _frame(label, stage, benchmark, metrics, shots, max_new_tokens)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with paths["jsonl"].open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    frame.to_csv(paths["csv"], index=False)
-    finish_counts = pd.Series([r["finish_reason"] for r in records]).value_counts().to_dict()
+    _write_atomic(paths["jsonl"], "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in ordered))
+    _write_atomic(paths["csv"], frame.to_csv(index=False))
+    finish_counts = pd.Series([r["finish_reason"] for r in ordered]).value_counts().to_dict()
     meta = {"key": key, "key_material": key_material, "model": label, "identity": identity, "settings": settings,
             "data_hash": data_hash, "seconds": seconds, "finish_reasons": finish_counts,
-            "new_tokens_total": sum(r["new_tokens"] for r in records)}
-    paths["json"].write_text(json.dumps(meta, indent=1, default=str))  # last: a complete entry marks the cache valid
+            "new_tokens_total": sum(r["new_tokens"] for r in ordered), "resumed_examples": len(prompts) - len(order)}
+    _write_atomic(paths["json"], json.dumps(meta, indent=1, default=str))  # last: a complete entry marks the cache valid
+    partial.unlink(missing_ok=True)
     frame.attrs.update(settings=settings, paths={k: str(v) for k, v in paths.items()}, cached=False,
                        seconds=seconds)
     return frame
+
+
+def _record(benchmark: str, index: int, row: dict, prompt, generation) -> dict:
+    """What the JSONL keeps for one example: prompt, response, finish reason and the verdicts."""
+    return {"index": index, "id": row.get("id"), "prompt": prompt, "response": generation.text,
+            "finish_reason": generation.finish_reason, "new_tokens": len(generation.token_ids),
+            **_score(benchmark, row, generation.text)}
+
+
+def _read_partial(path: Path, prompts: list) -> dict[int, dict]:
+    """Records a crashed run appended, by index; a torn last line or a record for another prompt is dropped."""
+    records: dict[int, dict] = {}
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the line being written when the process died
+        index = record.get("index") if isinstance(record, dict) else None
+        if isinstance(index, int) and 0 <= index < len(prompts) and record.get("prompt") == prompts[index]:
+            records[index] = record
+    return records
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -34,6 +34,87 @@ class ModelNotFoundError(FileNotFoundError):
     """Raised when a model name, folder or hub id cannot be resolved to weights."""
 
 
+class CorruptModelError(ValueError):
+    """A model file exists but cannot be what it claims: unparseable or wrong-typed config.json,
+    a truncated or malformed safetensors file. The message names the file."""
+
+
+# config.json fields that must be positive integers when present (a string or float here would
+# fail deep inside transformers or the memory planner with no file named).
+_POSITIVE_INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "vocab_size", "max_position_embeddings", "head_dim")
+
+
+def check_config_file(path: str | os.PathLike) -> dict:
+    """Parse a checkpoint's config.json and check the fields every loader relies on; returns it."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise CorruptModelError(f"{path} is corrupt: not UTF-8 text ({err})") from None
+    except json.JSONDecodeError as err:
+        raise CorruptModelError(f"{path} is corrupt: not valid JSON ({err.msg} at line {err.lineno}, "
+                                f"column {err.colno}); restore it from the original checkpoint") from None
+    if not isinstance(config, dict):
+        raise CorruptModelError(f"{path}: expected a JSON object of model settings, got {type(config).__name__}")
+    for name in _POSITIVE_INT_FIELDS:
+        value = config.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CorruptModelError(f"{path}: field {name!r} must be a positive integer, got {value!r}")
+    for name in ("model_type",):
+        if name in config and not isinstance(config[name], str):
+            raise CorruptModelError(f"{path}: field {name!r} must be a string, got {config[name]!r}")
+    if "architectures" in config and not (isinstance(config["architectures"], list)
+                                          and all(isinstance(a, str) for a in config["architectures"])):
+        raise CorruptModelError(f"{path}: field 'architectures' must be a list of class names, "
+                                f"got {config['architectures']!r}")
+    return config
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Check a safetensors file's header and length without reading its tensors.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's byte
+    range, then the data: a file shorter than the ranges say was cut off (an interrupted copy or
+    download), and loading it would fail with a library error that names no file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CorruptModelError(f"{path} is truncated: {size} bytes, not even a safetensors header")
+        header_length = int.from_bytes(prefix, "little")
+        if header_length > size - 8:
+            raise CorruptModelError(f"{path} is truncated or not safetensors: its header claims {header_length} "
+                                    f"bytes, the file has {size}")
+        try:
+            header = json.loads(handle.read(header_length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptModelError(f"{path} is corrupt: its safetensors header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise CorruptModelError(f"{path} is corrupt: its safetensors header is not a JSON object")
+    data_end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise CorruptModelError(f"{path} is corrupt: tensor {name!r} has no valid data_offsets")
+        data_end = max(data_end, offsets[1])
+    if 8 + header_length + data_end > size:
+        raise CorruptModelError(f"{path} is truncated: its tensors need {8 + header_length + data_end} bytes, "
+                                f"the file has {size}; copy or download it again")
+
+
+def check_model_folder(folder: str | os.PathLike) -> None:
+    """config.json parses with sane field types and every safetensors file is whole."""
+    folder = Path(folder)
+    check_config_file(folder / "config.json")
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors_file(weights)
+
+
 def cache_dir() -> Path:
     """Where converted embedded models live: ``$TULU_LAB_CACHE`` or ``~/.cache/tulu_lab``."""
     return Path(os.environ.get("TULU_LAB_CACHE", Path.home() / ".cache" / "tulu_lab")).expanduser()
@@ -166,6 +247,7 @@ def resolve_model_path(name_or_path: str | os.PathLike, *, verbose: bool = True)
     if os.path.isdir(name):
         if not os.path.isfile(os.path.join(name, "config.json")):
             raise ModelNotFoundError(f"Model folder {name!r} has no config.json: not a Hugging Face checkpoint.")
+        check_model_folder(name)  # a damaged file is reported as damaged, not as "not found"
         return name
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # hub ids are "org/name"
     if looks_like_path:

@@ -35,3 +35,37 @@ def runs_dir() -> Path:
 def smoke() -> bool:
     """TULU_LAB_SMOKE=1: notebooks and recipes take a few steps only (CI's setting)."""
     return os.environ.get("TULU_LAB_SMOKE", "0") not in ("", "0", "false", "False")
+
+
+def resolve_output_dir(path: str | os.PathLike | None, default: str = "") -> Path:
+    """Where a run or an evaluation writes, the one rule for every output folder.
+
+    None or "" -> ``runs_dir() / default``; a relative path whose first part is ``runs``
+    ("runs/sft-embedded", the presets' form) -> the same path under ``runs_dir()``, so
+    ``$TULU_LAB_RUNS`` moves it and a notebook's working directory does not; any other path
+    (absolute, or relative to the working directory on purpose) is kept, with "~" expanded.
+    """
+    if path is None or str(path) == "":
+        return runs_dir() / default if default else runs_dir()
+    given = Path(path).expanduser()
+    if not given.is_absolute() and given.parts and given.parts[0] == "runs":
+        return runs_dir().joinpath(*given.parts[1:])
+    return given
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output_dir") -> Path:
+    """Create ``folder`` if needed and prove it takes a file; raise PermissionError naming it if not.
+
+    Called before long work starts, so an unwritable folder fails in a second, not after hours.
+    """
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{what} {str(folder)!r} is not writable ({type(err).__name__}: {err}); pass a "
+                              f"writable folder, or set TULU_LAB_RUNS to move runs/") from None
+    return folder

@@ -238,13 +238,34 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint's files cannot be read (truncated, damaged); the message names the file."""
+
+
+def _read_checkpoint_file(path: Path, read):
+    try:
+        return read(path)
+    except Exception as err:  # safetensors, pickle and OS errors alike: the file is unusable
+        raise CorruptCheckpointError(f"checkpoint file {path} cannot be read "
+                                     f"({type(err).__name__}: {err})") from err
+
+
 def load_checkpoint(path: str | Path, model, optimizer, scheduler,
                     extra_modules: dict[str, torch.nn.Module] | None = None) -> tuple[int, dict[str, Any]]:
-    """Restore a checkpoint in place; returns (step, loop_state)."""
+    """Restore a checkpoint in place; returns (step, loop_state).
+
+    Every file is read before anything is restored, so a damaged checkpoint (CorruptCheckpointError,
+    naming the file) leaves the model, optimiser and scheduler as they were.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = _read_checkpoint_file(path / "trainable.safetensors", lambda p: load_file(str(p)))
+    extra_states = {name: _read_checkpoint_file(path / f"{name}.safetensors", lambda p: load_file(str(p)))
+                    for name in (extra_modules or {})}
+    state = _read_checkpoint_file(path / "state.pt", lambda p: torch.load(p, weights_only=False))
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng", "step"} <= set(state):
+        raise CorruptCheckpointError(f"checkpoint file {path / 'state.pt'} does not hold a training state")
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))
     if unknown:
@@ -254,8 +275,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler,
         for name, tensor in weights.items():
             params[name].copy_(tensor)
     for name, module in (extra_modules or {}).items():
-        module.load_state_dict(load_file(str(path / f"{name}.safetensors")))
-    state = torch.load(path / "state.pt", weights_only=False)
+        module.load_state_dict(extra_states[name])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
@@ -314,10 +334,19 @@ def resume_or_start(cfg, model, optimizer, scheduler, log: MetricsLog,
     if not checkpoints:
         log.reset()
         return 0, {}
-    step, loop_state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, extra_modules)
-    log.truncate_after(step)
-    print(f"[tulu_lab] resumed from {checkpoints[-1]} (step {step})", flush=True)
-    return step, loop_state
+    problems = []
+    for checkpoint in reversed(checkpoints):  # newest first; a damaged one falls back to the one before
+        try:
+            step, loop_state = load_checkpoint(checkpoint, model, optimizer, scheduler, extra_modules)
+        except CorruptCheckpointError as err:
+            problems.append(str(err))
+            print(f"[tulu_lab] skipping damaged checkpoint: {err}", flush=True)
+            continue
+        log.truncate_after(step)
+        print(f"[tulu_lab] resumed from {checkpoint} (step {step})", flush=True)
+        return step, loop_state
+    raise CorruptCheckpointError(f"no usable checkpoint in {cfg.output_dir}: " + "; ".join(problems)
+                                 + ". Delete them (or pass resume=False) to start afresh.")
 
 
 def save_final(model, tokenizer, output_dir: str | Path, cfg, summary: dict[str, Any],

@@ -20,6 +20,7 @@ Formats
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -80,27 +81,48 @@ class _Row:
         raise DataFormatError(self.source, self.location, field, expected, got, show_got=show_got)
 
 
+def _decode(path: Path, content: bytes) -> str:
+    """UTF-8 text of a data file (a UTF-8 byte-order mark dropped), or an error naming file and line."""
+    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataFormatError(str(path), "line 1", "<file>", "UTF-8 text; this file is UTF-16 (it starts with a "
+                              "UTF-16 byte-order mark): save it as UTF-8", show_got=False)
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = content.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (content.rfind(b"\n", 0, exc.start) + 1) + 1
+        hint = " (NUL bytes: UTF-16 or binary?)" if b"\x00" in content[:4096] else " (latin-1 / cp1252?)"
+        raise DataFormatError(str(path), f"line {line}", "<text>",
+                              f"UTF-8 text; byte 0x{content[exc.start]:02x} at column {column} is not UTF-8"
+                              f"{hint}: convert the file to UTF-8", show_got=False) from None
+
+
+def _parse_json(text: str, path: Path, location: str | None, expected: str) -> Any:
+    """json.loads with errors naming the file and line: ``location`` for one row, None for a whole file."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where, field = (location, "<row>") if location else (f"line {exc.lineno}", "<file>")
+        raise DataFormatError(str(path), where, field, f"{expected} ({exc.msg} at column {exc.colno})",
+                              show_got=False) from None
+    except RecursionError:
+        where, field = (location, "<row>") if location else ("line 1", "<file>")
+        raise DataFormatError(str(path), where, field, f"{expected} (nested too deeply to parse)",
+                              show_got=False) from None
+
+
 def _read_jsonl(path: Path) -> Iterator[_Row]:
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue  # a trailing blank line is common and harmless
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(str(path), f"line {line_number}", "<row>",
-                                      f"one JSON object per line ({exc.msg} at column {exc.colno})",
-                                      show_got=False) from None
-            yield _Row(str(path), f"line {line_number}", data)
+    text = _decode(path, path.read_bytes())
+    # Split on "\n" only: JSON strings may hold U+2028 and other characters splitlines() breaks at.
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue  # a trailing blank line is common and harmless
+        data = _parse_json(line, path, f"line {line_number}", "one JSON object per line")
+        yield _Row(str(path), f"line {line_number}", data)
 
 
 def _read_json(path: Path) -> Iterator[_Row]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(str(path), f"line {exc.lineno}", "<file>",
-                              f"a JSON list of objects ({exc.msg} at column {exc.colno})",
-                              show_got=False) from None
+    data = _parse_json(_decode(path, path.read_bytes()), path, None, "a JSON list of objects")
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]} style wrappers
     if not isinstance(data, list):
@@ -110,23 +132,24 @@ def _read_json(path: Path) -> Iterator[_Row]:
 
 
 def _read_delimited(path: Path, delimiter: str) -> Iterator[_Row]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        if not reader.fieldnames:
-            return
-        for record in reader:
-            # reader.line_num is the physical line the record ends on (quoted fields may span lines)
-            location = f"line {reader.line_num}"
-            if None in record:
-                raise DataFormatError(str(path), location, "<row>",
-                                      f"{len(reader.fieldnames)} tab/comma-separated columns as in the header",
-                                      f"{len(reader.fieldnames) + len(record[None])} columns", show_got=True)
-            if any(value is None for value in record.values()):
-                missing = [k for k, v in record.items() if v is None][0]
-                raise DataFormatError(str(path), location, missing,
-                                      f"{len(reader.fieldnames)} columns as in the header (row is short)",
-                                      show_got=False)
-            yield _Row(str(path), location, record)
+    # Decoded first (utf-8-sig): a byte-order mark would otherwise become part of the first header name.
+    handle = io.StringIO(_decode(path, path.read_bytes()), newline="")
+    reader = csv.DictReader(handle, delimiter=delimiter)
+    if not reader.fieldnames:
+        return
+    for record in reader:
+        # reader.line_num is the physical line the record ends on (quoted fields may span lines)
+        location = f"line {reader.line_num}"
+        if None in record:
+            raise DataFormatError(str(path), location, "<row>",
+                                  f"{len(reader.fieldnames)} tab/comma-separated columns as in the header",
+                                  f"{len(reader.fieldnames) + len(record[None])} columns", show_got=True)
+        if any(value is None for value in record.values()):
+            missing = [k for k, v in record.items() if v is None][0]
+            raise DataFormatError(str(path), location, missing,
+                                  f"{len(reader.fieldnames)} columns as in the header (row is short)",
+                                  show_got=False)
+        yield _Row(str(path), location, record)
 
 
 def _read_parquet(path: Path) -> Iterator[_Row]:
@@ -150,6 +173,17 @@ def _read_file(path: Path) -> Iterator[_Row]:
     if suffix == ".parquet":
         return _read_parquet(path)
     raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(LOCAL_SUFFIXES)}")
+
+
+def _nonempty(rows: Iterator[_Row], path: Path, limit: int | None) -> Iterator[_Row]:
+    """The rows of a local file; a file without any is an error (it is never what was meant)."""
+    count = 0
+    for row in rows:
+        count += 1
+        yield row
+    if count == 0 and limit != 0:
+        raise DataFormatError(str(path), "line 1", "<file>", "at least one data row; the file is empty "
+                              "(or holds only blank lines or a header)", show_got=False)
 
 
 def _find_in_folder(folder: Path, split: str | None) -> Path:
@@ -198,7 +232,7 @@ def _rows(source: str | os.PathLike, *, split: str | None, config: str | None, l
     if path.is_dir():
         path = _find_in_folder(path, split)
     if path.is_file():
-        rows = _read_file(path)
+        rows = _nonempty(_read_file(path), path, limit)
     elif str(source).lower().endswith(LOCAL_SUFFIXES) or isinstance(source, Path):
         raise DataSourceNotFoundError(f"Could not load {what}: no such file {str(source)!r}. "
                                       f"Expected format: {local_hint}")
@@ -302,6 +336,34 @@ def gsm8k_final_answer(answer: str) -> str | None:
     return None
 
 
+def _is_gsm8k_number(answer: str) -> bool:
+    from tulu_lab.rewards import gsm8k_gold_answer
+
+    try:
+        gsm8k_gold_answer(answer)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_ground_truth(row: _Row, dataset: str, ground_truth: str) -> None:
+    """Fail now, naming the row, on a ground truth its verifier could never use (not mid-run)."""
+    from tulu_lab.rewards import VERIFIERS, gsm8k_gold_answer, verify_ifeval
+
+    name = dataset.strip().lower()
+    if name not in VERIFIERS:
+        row.fail("dataset", f"one of {sorted(VERIFIERS)} (any case): the verifier to use", dataset)
+    try:
+        if name == "gsm8k":
+            gsm8k_gold_answer(ground_truth)
+        elif name == "ifeval":
+            verify_ifeval("", ground_truth)  # parses it and checks the arguments against the function
+        elif not ground_truth.strip():
+            raise ValueError("the answer is empty")
+    except ValueError as exc:
+        row.fail("ground_truth", f"a ground truth the {name} verifier accepts ({exc})", ground_truth)
+
+
 def remove_calculator_annotations(solution: str) -> str:
     """Drop GSM8K's ``<<48/2=24>>`` calculator annotations, keeping the visible text."""
     return re.sub(r"<<[^<>]*>>", "", solution)
@@ -329,7 +391,7 @@ def load_gsm8k(source: str | os.PathLike | None = None, *, split: str = "test", 
         question = _nonempty_string(row, "question")
         answer = _nonempty_string(row, "answer")
         final = gsm8k_final_answer(answer)
-        if final is None:
+        if final is None or not _is_gsm8k_number(final):
             row.fail("answer", "a worked solution whose last line is '#### <number>'", answer)
         rows.append({"id": f"gsm8k/{split}/{index}", "question": question, "answer": answer,
                      "final_answer": final})
@@ -536,7 +598,7 @@ def load_rlvr(source: str | os.PathLike, *, split: str = "train", limit: int | N
         if record["messages"][-1]["role"] != "user":
             row.fail(f"messages[{len(record['messages']) - 1}].role", "the prompt to end with a 'user' message",
                      record["messages"][-1]["role"])
-        _field(row, "ground_truth", str, "a string (the verifiable answer)")
-        _nonempty_string(row, "dataset")
+        ground_truth = _field(row, "ground_truth", str, "a string (the verifiable answer)")
+        _check_ground_truth(row, _nonempty_string(row, "dataset"), ground_truth)
         rows.append(record)
     return rows

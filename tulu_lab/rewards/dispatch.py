@@ -11,7 +11,9 @@ from typing import Callable
 
 from .gsm8k import verify_gsm8k
 from .ifeval_rlvr import verify_ifeval
+from .language import prepare_language_detector
 from .math_answer import verify_math
+from .time_bound import VERIFY_TIME_LIMIT_S, VerifierTimeout, time_bound
 
 __all__ = ["VERIFIERS", "verify"]
 
@@ -28,9 +30,19 @@ def verify(dataset: str, response: str, ground_truth: str) -> bool:
     dataset: "gsm8k" | "math" | "ifeval" (any case). gsm8k: the last number equals the answer;
     math: flex extraction + string/symbolic equivalence, bounded in time; ifeval: the JSON
     constraint holds. Raises ValueError for an unknown dataset or a malformed ground truth.
+
+    Every call is bounded in time: work stops after ``VERIFY_TIME_LIMIT_S`` seconds and the answer
+    is False (a rollout too long to check is not rewarded), so one call returns within a second.
     """
     if not isinstance(dataset, str) or dataset.strip().lower() not in VERIFIERS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(VERIFIERS)} (any case)")
     if not isinstance(response, str):
         raise ValueError(f"response must be a string, got {type(response).__name__}")
-    return VERIFIERS[dataset.strip().lower()](response, ground_truth)
+    verifier = VERIFIERS[dataset.strip().lower()]
+    if verifier is verify_ifeval and "validate_response_language" in str(ground_truth):
+        prepare_language_detector()  # a one-time load, not part of any response's time
+    with time_bound(VERIFY_TIME_LIMIT_S):
+        try:
+            return bool(verifier(response, ground_truth))
+        except VerifierTimeout:
+            return False

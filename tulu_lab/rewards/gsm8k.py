@@ -32,12 +32,28 @@ _NUMBER_RE = re.compile(
 # lm-evaluation-harness gsm8k "strict-match" filter.
 _STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 _PLAIN_NUMBER_RE = re.compile(r"[-−+]?(?:\d+(?:\.\d*)?|\.\d+)")
+_NUMBER_RUN_RE = re.compile(r"[0-9,.$\-−]*")
 _FINAL_TURN_MARKER = "<|assistant|>\n"
 
 
 def _number_text(match: re.Match) -> str:
     sign = "-" if match.group("sign") else ""
     return sign + match.group("number").replace(",", "")
+
+
+def _last_number_run_start(text: str) -> int:
+    """Where the scan for the last number can start: the beginning of the run of number characters
+    (digits , . $ - −) around the last digit; len(text) when there is no digit.
+
+    A number is made of those characters only, so no match of the full scan crosses into that run
+    from before it: the scan from here finds the same last number, without reading megabytes of
+    text before it.
+    """
+    last_digit = max(text.rfind(d) for d in "0123456789")
+    if last_digit < 0:
+        return len(text)
+    reversed_head = text[last_digit::-1]
+    return last_digit + 1 - _NUMBER_RUN_RE.match(reversed_head).end()
 
 
 def extract_gsm8k_answer(text: str, mode: str = "flexible") -> str | None:
@@ -49,7 +65,7 @@ def extract_gsm8k_answer(text: str, mode: str = "flexible") -> str | None:
     """
     if mode == "flexible":
         last = None
-        for last in _NUMBER_RE.finditer(text):
+        for last in _NUMBER_RE.finditer(text, _last_number_run_start(text)):
             pass
         return None if last is None else _number_text(last)
     if mode == "strict":

@@ -27,11 +27,13 @@ letter_frequency row asking for "#" or "!", for which that older scorer drew a r
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Callable
 
-from .language import detect_language
+from .language import detect_language, prepare_language_detector
 from .text_split import count_sentences, count_words, word_tokens
+from .time_bound import VERIFY_TIME_LIMIT_S, VerifierTimeout, check_deadline, time_bound
 
 __all__ = ["IFEVAL_CHECKERS", "ifeval_check", "loose_variants"]
 
@@ -168,7 +170,11 @@ def _count_official_bullets(value: str) -> int:
     for bullet in ("*", "-"):
         position, length = 0, len(value)
         line_start = 0
+        lines = 0
         while line_start <= length:
+            lines += 1
+            if lines % 4096 == 0:
+                check_deadline()
             if line_start >= position:
                 visible = line_start
                 while visible < length and value[visible].isspace():
@@ -326,6 +332,38 @@ def loose_variants(response: str) -> list[str]:
     return variants + [v.replace("*", "") for v in variants]
 
 
+# Argument kinds, for validating kwargs before any checker runs.
+_INTEGER_ARGUMENTS = frozenset({
+    "num_sentences", "num_paragraphs", "num_words", "nth_paragraph", "num_placeholders", "num_bullets",
+    "num_highlights", "num_sections", "frequency", "let_frequency", "capital_frequency",
+})  # fmt: skip
+_RELATION_ARGUMENTS = frozenset({"relation", "let_relation", "capital_relation"})
+_LIST_ARGUMENTS = frozenset({"keywords", "forbidden_words"})
+
+
+def _checked_argument(instruction_id: str, name: str, value: Any) -> Any:
+    where = f"kwargs for {instruction_id}: {name}"
+    if name in _INTEGER_ARGUMENTS:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be a finite integer, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{where} must be >= 0, got {value!r}")
+        return value
+    if name in _RELATION_ARGUMENTS:
+        if value not in _RELATIONS:
+            raise ValueError(f"{where} must be one of {_RELATIONS}, got {value!r}")
+        return value
+    if name in _LIST_ARGUMENTS:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{where} must be a list of strings, got {value!r}")
+        return list(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {value!r}")
+    return value
+
+
 def _instruction_arguments(instruction_id: str, kwargs: Any) -> dict:
     if instruction_id not in IFEVAL_CHECKERS:
         raise ValueError(
@@ -334,14 +372,21 @@ def _instruction_arguments(instruction_id: str, kwargs: Any) -> dict:
     if not isinstance(kwargs, dict):
         raise ValueError(f"kwargs for {instruction_id} must be a dict, got {kwargs!r}")
     arguments = {k: v for k, v in kwargs.items() if v is not None}
-    missing = [k for k in IFEVAL_CHECKERS[instruction_id][1] if k not in arguments]
+    expected = IFEVAL_CHECKERS[instruction_id][1]
+    missing = [k for k in expected if k not in arguments]
     if missing:
         raise ValueError(f"kwargs for {instruction_id} lack {missing}; got {kwargs!r}")
-    return arguments
+    unknown = sorted(k for k in arguments if k not in expected)
+    if unknown:
+        # An argument the checker would ignore means the row asks for something not checked.
+        raise ValueError(f"kwargs for {instruction_id} have unknown arguments {unknown}; "
+                         f"it takes {list(expected) or 'none'}")
+    return {k: _checked_argument(instruction_id, k, v) for k, v in arguments.items()}
 
 
 def ifeval_check(
-    prompt: str, response: str, instruction_id_list: list[str], kwargs: list[dict]
+    prompt: str, response: str, instruction_id_list: list[str], kwargs: list[dict],
+    *, time_limit_s: float = VERIFY_TIME_LIMIT_S,
 ) -> dict[str, Any]:
     """Score one IFEval response.
 
@@ -349,6 +394,11 @@ def ifeval_check(
     "inst_level_strict": [bool per instruction], "inst_level_loose": [bool per instruction]}.
     ``prompt`` is part of the official interface (instructions may refer to it); the current
     instruction set reads the prompt to repeat from ``kwargs`` instead.
+
+    Unknown or wrong-typed kwargs (a non-finite or negative count, an unknown relation) raise
+    ValueError. Checking stops after ``time_limit_s`` seconds (only megabyte-long responses get
+    near it): instructions not decided by then count as not followed, and the result gets
+    ``"timed_out": True``.
     """
     if not isinstance(response, str):
         raise ValueError(f"response must be a string, got {type(response).__name__}")
@@ -356,16 +406,36 @@ def ifeval_check(
         raise ValueError(
             f"instruction_id_list has {len(instruction_id_list)} ids but kwargs has {len(kwargs)} dicts"
         )
-    variants = loose_variants(response)
-    strict, loose = [], []
-    for instruction_id, instruction_kwargs in zip(instruction_id_list, kwargs):
-        arguments = _instruction_arguments(instruction_id, instruction_kwargs)
-        checker = IFEVAL_CHECKERS[instruction_id][0]
-        strict.append(bool(response.strip()) and checker(response, arguments))
-        loose.append(any(v.strip() and checker(v, arguments) for v in variants))
-    return {
+    # Arguments are checked before any work, so a malformed row fails the same way every time.
+    arguments = [_instruction_arguments(i, k) for i, k in zip(instruction_id_list, kwargs)]
+    strict: list[bool] = []
+    loose: list[bool] = []
+    timed_out = False
+    if any(i.startswith(("language:", "change_case:english")) for i in instruction_id_list):
+        prepare_language_detector()  # a one-time load, not part of any response's time
+    with time_bound(time_limit_s):
+        try:
+            variants = loose_variants(response)
+            for instruction_id, instruction_arguments in zip(instruction_id_list, arguments):
+                checker = IFEVAL_CHECKERS[instruction_id][0]
+                strict.append(bool(response.strip()) and checker(response, instruction_arguments))
+                passed = False
+                for variant in variants:
+                    check_deadline()
+                    if variant.strip() and checker(variant, instruction_arguments):
+                        passed = True
+                        break
+                loose.append(passed)
+        except VerifierTimeout:
+            timed_out = True  # unchecked instructions count as not followed
+    strict += [False] * (len(arguments) - len(strict))
+    loose += [False] * (len(arguments) - len(loose))
+    result = {
         "prompt_level_strict": all(strict),
         "prompt_level_loose": all(loose),
         "inst_level_strict": strict,
         "inst_level_loose": loose,
     }
+    if timed_out:
+        result["timed_out"] = True
+    return result

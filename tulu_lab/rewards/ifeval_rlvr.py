@@ -37,6 +37,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import math
 import re
 from typing import Any, Callable
 
@@ -72,13 +73,21 @@ def _count_phrase(text: str, phrase: str) -> int:
 
 
 def _positive_int(name: str, value: Any) -> int:
+    """A non-negative integer argument: an int, an integral finite float (3.0) or a digit string."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"argument {name} must be an integer, got {value!r}")
-    try:
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError(f"argument {name} must be a finite integer, got {value!r}")
         number = int(value)
-    except ValueError:
-        raise ValueError(f"argument {name} must be an integer, got {value!r}") from None
-    if number != float(value) or number < 0:
+    elif isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"argument {name} must be an integer, got {value!r}") from None
+    else:
+        number = value
+    if number < 0:
         raise ValueError(f"argument {name} must be a non-negative integer, got {value!r}")
     return number
 

@@ -23,8 +23,9 @@ import unicodedata
 import warnings
 from collections import Counter
 
-__all__ = ["detect_language", "detect_language_offline", "langdetect_available"]
+__all__ = ["detect_language", "detect_language_offline", "langdetect_available", "prepare_language_detector"]
 
+LANGUAGE_SAMPLE_CHARS = 100_000
 _langdetect_lock = threading.Lock()
 _langdetect_ready = False
 _fallback_warned = False
@@ -39,17 +40,33 @@ def langdetect_available() -> bool:
     return True
 
 
+def prepare_language_detector() -> bool:
+    """Load langdetect's language profiles once (about a second), so that no time-bounded check
+    pays for it. False when langdetect is not installed (the offline detector needs nothing)."""
+    global _langdetect_ready
+    try:
+        import langdetect
+    except ImportError:
+        return False
+    with _langdetect_lock:
+        if not _langdetect_ready:
+            langdetect.DetectorFactory.seed = 0
+            langdetect.detector_factory.init_factory()
+            _langdetect_ready = True
+    return True
+
+
 def detect_language(text: str) -> str | None:
     """ISO 639-1 code of the language of ``text`` ("en", "hi", "zh-cn", ...) or None if unknown.
 
     Uses ``langdetect`` when installed (seeded, so repeated calls agree), else
-    ``detect_language_offline``.
+    ``detect_language_offline``. Only the first ``LANGUAGE_SAMPLE_CHARS`` characters are read:
+    langdetect itself keeps only 10,000 characters (after removing URLs and e-mail addresses),
+    and its e-mail pattern backtracks ~64 steps per character on long runs of letters.
     """
-    global _langdetect_ready, _fallback_warned
-    try:
-        import langdetect
-        from langdetect.lang_detect_exception import LangDetectException
-    except ImportError:
+    global _fallback_warned
+    text = text[:LANGUAGE_SAMPLE_CHARS]
+    if not prepare_language_detector():
         if not _fallback_warned:
             _fallback_warned = True
             warnings.warn(
@@ -59,11 +76,9 @@ def detect_language(text: str) -> str | None:
                 stacklevel=2,
             )
         return detect_language_offline(text)
-    with _langdetect_lock:
-        if not _langdetect_ready:
-            langdetect.DetectorFactory.seed = 0
-            langdetect.detector_factory.init_factory()
-            _langdetect_ready = True
+    import langdetect
+    from langdetect.lang_detect_exception import LangDetectException
+
     try:
         return langdetect.detect(text)
     except LangDetectException:

@@ -27,6 +27,7 @@ import re
 import time
 
 from .symbolic import symbolic_equal
+from .time_bound import remaining as time_left
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -261,6 +262,9 @@ def verify_math(response: str, ground_truth: str, timeout_s: float = DEFAULT_TIM
         if 0 < len(c) <= MAX_SYMBOLIC_CHARS
     ]
     remaining = timeout_s - (time.monotonic() - started)
+    enclosing = time_left()  # inside verify(): its one-second bound covers the symbolic stage too
+    if enclosing is not None:
+        remaining = min(remaining, enclosing)
     if not symbolic_inputs or remaining <= 0:
         return False
     return symbolic_equal("$" + gold.strip("$") + "$", symbolic_inputs, remaining)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import re
 
+from .time_bound import check_deadline
+
 __all__ = [
     "ABBREVIATIONS",
     "count_sentences",
@@ -52,6 +54,8 @@ _BOUNDARY_RE = re.compile(r"(?<![.!?])[.!?]+(?=\s|$|[)\";}\]*:@'({\[])")
 # "realignment"), when whitespace or the end of the text follows them.
 _CLOSERS_RE = re.compile(r"[\"')\]}]+(?=\s|$)")
 _BLANK_LINE_RE = re.compile(r"\n[ \t]*\n")
+# Everything up to the last whitespace character of a span (its end is where the last word starts).
+_LAST_SPACE_RE = re.compile(r".*\s", re.DOTALL)
 
 
 def count_words(text: str) -> int:
@@ -62,7 +66,9 @@ def count_words(text: str) -> int:
 def word_tokens(text: str) -> list[str]:
     """Words made of letters/digits ("well-known" is one word, "don't" is "do" + "n't")."""
     tokens = []
-    for word in _WORD_TOKEN_RE.findall(text):
+    for count, word in enumerate(_WORD_TOKEN_RE.findall(text)):
+        if count % 8192 == 8191:
+            check_deadline()
         contraction = _CONTRACTION_RE.search(word)
         if contraction and contraction.start() > 0:
             tokens += [word[: contraction.start()], contraction.group(1)]
@@ -71,46 +77,60 @@ def word_tokens(text: str) -> list[str]:
     return tokens
 
 
-def _is_sentence_end(text: str, start: int, end: int) -> bool:
+def _is_sentence_end(text: str, start: int, end: int, token_start: int | None) -> bool:
     """Decide whether the punctuation run text[start:end] closes a sentence.
 
-    Every scan below stays between this boundary and its neighbours, so splitting is linear in
-    the length of the text (hostile inputs with many periods stay fast).
+    ``token_start`` is where the whitespace-delimited word ending at ``start`` begins, or None
+    when that word already holds an earlier sentence-end mark: such a word ("x.(y") is never an
+    abbreviation, an initial or a number, so only the general rules apply to it.
     """
     punctuation = text[start:end]
     if "!" in punctuation or "?" in punctuation:
         return True
-    token_start = start
-    while token_start > 0 and not text[token_start - 1].isspace():
-        token_start -= 1
-    token = text[token_start:start].lstrip("\"'“‘([*_").lower()
     following = end
     while following < len(text) and text[following].isspace():
         following += 1
     next_char = text[following : following + 1]
-    if token in ABBREVIATIONS:
-        return False
-    if token in _SENTENCE_FINAL_ABBREVIATIONS:
-        return next_char.isupper()
-    if len(punctuation) == 1 and len(token) == 1 and token.isalpha() and next_char.isupper():
-        return False  # an initial, as in "J. R. R. Tolkien"
-    if len(punctuation) == 1 and token.isdigit():
-        # Like Punkt: "3." ends a sentence unless a lower-case word follows, so a list marker
-        # "2. Next step" is a sentence of its own.
-        return not next_char.islower()
+    if token_start is not None:
+        token = text[token_start:start].lstrip("\"'“‘([*_").lower()
+        if token in ABBREVIATIONS:
+            return False
+        if token in _SENTENCE_FINAL_ABBREVIATIONS:
+            return next_char.isupper()
+        if len(punctuation) == 1 and len(token) == 1 and token.isalpha() and next_char.isupper():
+            return False  # an initial, as in "J. R. R. Tolkien"
+        if len(punctuation) == 1 and token.isdigit():
+            # Like Punkt: "3." ends a sentence unless a lower-case word follows, so a list marker
+            # "2. Next step" is a sentence of its own.
+            return not next_char.islower()
     if len(punctuation) > 1 and next_char.islower():
         return False  # an ellipsis inside a sentence: "wait... and see"
     return True
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split ``text`` into sentences (see the module docstring for the rules)."""
+    """Split ``text`` into sentences (see the module docstring for the rules).
+
+    Linear in the length of the text: each word is read once (at its first candidate boundary),
+    later boundaries inside the same word need nothing but their own neighbourhood.
+    """
     sentences = []
     start = 0
-    for match in _BOUNDARY_RE.finditer(text):
+    previous = -1  # start of the previous candidate boundary
+    for count, match in enumerate(_BOUNDARY_RE.finditer(text)):
+        if count % 2048 == 2047:
+            check_deadline()
+        # The word ending at this boundary starts after the last whitespace before it; searched
+        # only back to the previous boundary, since a word spanning both is not a special token.
+        space = _LAST_SPACE_RE.match(text, max(previous, 0), match.start())
+        if space is not None:
+            token_start: int | None = space.end()
+        else:
+            token_start = None if previous >= 0 else 0
+        previous = match.start()
         if match.start() < start:
             continue  # inside closers already attached to the previous sentence
-        if _is_sentence_end(text, match.start(), match.end()):
+        if _is_sentence_end(text, match.start(), match.end(), token_start):
             closers = _CLOSERS_RE.match(text, match.end())
             end = closers.end() if closers else match.end()
             sentence = text[start:end].strip()
