@@ -76,8 +76,13 @@ from tulu_lab.training import (
     make_optimizer,
     make_scheduler,
     prepare_trainable,
-    remove_checkpoints,
+    begin_run,
+    check_finite,
+    check_finite_weights,
+    data_fingerprint,
+    finish_run,
     resume_or_start,
+    run_identity,
     save_checkpoint,
     save_final,
     scored_positions,
@@ -85,6 +90,7 @@ from tulu_lab.training import (
     seed_step,
     step_micro_batches,
     trainable_parameters,
+    weights_fingerprint,
 )
 
 
@@ -304,7 +310,7 @@ def pairs_in_run(n_pairs: int, cfg, total_steps: int) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 
 def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume: bool = True,
-              progress: bool = True, cache_reference: bool = True) -> dict[str, Any]:
+              progress: bool = True, cache_reference: bool = True, start: str | None = None) -> dict[str, Any]:
     """DPO / length-normalised DPO (``cfg.loss_type``: "dpo_norm", Tülu 3's, or "dpo").
 
     Args:
@@ -314,11 +320,14 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
             with adapters disabled (LoRA), or see the module docstring for full fine-tuning.
         tokenizer: its tokenizer.
         pairs: ``[{"chosen": messages, "rejected": messages}, ...]`` sharing the prompt.
-        resume: continue from the newest checkpoint in ``cfg.output_dir``; False deletes earlier
-            checkpoints there and starts afresh.
+        resume: continue from the newest checkpoint in ``cfg.output_dir``; False deletes this run's
+            earlier checkpoints there and starts afresh. A folder holding a run of other settings is
+            refused with ``RunMismatchError`` (see ``training.begin_run``).
         progress: show tqdm bars (main process only).
         cache_reference: compute every reference log-prob once before training (open-instruct's
             dpo_tune_cache) instead of a reference forward pass per micro-batch; same loss.
+        start: the identity of the starting weights (``training.source_fingerprint`` of their
+            folder); default: a hash of the weights and the tokenizer.
 
     Returns:
         A summary dict: ``final_loss``, ``final_accuracy`` (rewards/accuracies of the last step),
@@ -347,6 +356,7 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
                          f"of effective_batch={cfg.effective_batch}; add pairs or lower the batch")
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    identity = run_identity(cfg, start=start or weights_fingerprint(model, tokenizer), data=data_fingerprint(pairs))
 
     # ---- model and reference ----
     seed_everything(cfg.seed)  # LoRA initialisation: the same on every process and in every run
@@ -373,10 +383,10 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
                              only=pairs_in_run(len(encoded), cfg, total_steps)) if cache_reference else None)
 
     log = MetricsLog(cfg.metrics_path, enabled=accelerator.is_main_process)
-    if not resume and accelerator.is_main_process:
-        remove_checkpoints(cfg.output_dir)
+    resumable = begin_run(cfg.output_dir, identity, resume=resume, is_main=accelerator.is_main_process,
+                          total_steps=total_steps)
     accelerator.wait_for_everyone()
-    start_step, _ = resume_or_start(cfg, unwrapped, optimizer, scheduler, log, resume=resume)
+    start_step, _ = resume_or_start(cfg.output_dir, unwrapped, optimizer, scheduler, log, resume=resumable)
 
     # ---- optimiser steps ----
     bar = tqdm(total=total_steps, initial=start_step, desc="DPO", unit="step",
@@ -438,12 +448,14 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
             "step_time": timer.lap(),
         }
         log.log(record)
+        check_finite(cfg.output_dir, step + 1, {"loss": record["loss"]}, is_main=accelerator.is_main_process)
         last_record = record
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
 
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             accelerator.wait_for_everyone()
+            check_finite_weights(cfg.output_dir, step + 1, unwrapped, is_main=accelerator.is_main_process)
             if accelerator.is_main_process:
                 save_checkpoint(cfg.output_dir, step + 1, unwrapped, optimizer, scheduler,
                                 loop_state={"epoch": epoch, "position_in_epoch": position + 1})
@@ -473,8 +485,11 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
         "metrics_path": str(cfg.metrics_path),
     }
     accelerator.wait_for_everyone()
+    check_finite_weights(cfg.output_dir, total_steps, unwrapped, is_main=accelerator.is_main_process)
     if accelerator.is_main_process:
         save_final(unwrapped, tokenizer, cfg.output_dir, cfg, summary)
+        finish_run(cfg.output_dir, step=total_steps, stopped_early=False, wall_time_s=summary["wall_time_s"],
+                   final_metrics=last_record)
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # drop the accelerator's references to the optimiser and wrapped model
     unwrapped.eval()

@@ -76,7 +76,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pad_sequence
 
 from tulu_lab.config import RLVRConfig
-from tulu_lab.generate import check_threads, fastest_threads, format_prompt, generate, num_threads
+from tulu_lab.generate import format_prompt, generate
 from tulu_lab.losses import (
     IGNORE_INDEX,
     gae,
@@ -102,12 +102,18 @@ from tulu_lab.training import (
     make_optimizer,
     make_scheduler,
     prepare_trainable,
-    remove_checkpoints,
+    begin_run,
+    check_finite,
+    check_finite_weights,
+    data_fingerprint,
+    finish_run,
     resume_or_start,
+    run_identity,
     save_checkpoint,
     save_final,
     seed_everything,
     seed_step,
+    weights_fingerprint,
 )
 
 RewardModel = Callable[[list[str], list[str]], list[float]]
@@ -667,17 +673,15 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
 
 
 def rollout(cfg: RLVRConfig, model, tokenizer, rows: list[dict], prompt_texts: list[str], *, seed: int,
-            reward_model: RewardModel | None = None, global_offset: int = 0,
-            threads: int | str | None = None) -> tuple[RolloutBatch, dict]:
-    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts.
-    ``threads`` is passed to :func:`tulu_lab.generate.generate` (None, an int or "auto")."""
+            reward_model: RewardModel | None = None, global_offset: int = 0) -> tuple[RolloutBatch, dict]:
+    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts."""
     device = next(model.parameters()).device
     k = cfg.samples_per_prompt
     with autocast(cfg, device):
         generations = generate(model, tokenizer, prompt_texts, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, num_samples=k, seed=seed,
                                batch_size=min(MAX_GENERATION_BATCH, max(len(prompt_texts) * k, 1)),
-                               progress=False, threads=threads)
+                               progress=False)
     correct = [_verify(rows[g.prompt_index], g.text) for g in generations]
     stopped = [g.stopped for g in generations]
     base_score = None
@@ -739,7 +743,7 @@ def evaluate_accuracy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens:
 def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_data: Sequence[dict] | None = None,
                reward_model: RewardModel | None = None, resume: bool = True, progress: bool = True,
                save_merged: bool = True, time_limit_s: float | None = None,
-               threads: int | str | None = None) -> dict[str, Any]:
+               start: str | None = None) -> dict[str, Any]:
     """Train ``model`` with RLVR (``cfg.algorithm``: "ppo" Tülu 3, "grpo" Tülu 3.1).
 
     Args:
@@ -754,17 +758,15 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         reward_model: optional ``(prompts, responses) -> list[float]``; its scores x
             ``cfg.reward_model_weight`` are added to the verifiable reward (needs a weight > 0).
         resume: continue from the newest checkpoint in ``cfg.output_dir``; False starts afresh and
-            deletes that folder's old checkpoints.
+            deletes this run's old checkpoints there. A folder holding a run of other settings is
+            refused with ``RunMismatchError`` (see ``training.begin_run``).
         progress: a tqdm bar over steps (process 0 only).
         save_merged: also write the merged model into ``output_dir/final`` (adapters are always saved).
         time_limit_s: stop before ``cfg.num_steps`` where one more step, as long as the last one, would
             end past this many seconds of this call (at least one step runs); a checkpoint is written
             there, so a later call can continue. The schedule still spans ``cfg.num_steps``.
-        threads: intra-op threads per phase. None keeps torch's setting; an int sets it; "auto" picks,
-            each step, the fastest count up to torch's setting for the decode and for the score pass and
-            update separately (a quick matmul of each phase's shape, ``tulu_lab.generate.fastest_threads``):
-            on a shared machine multi-threaded kernels wait for descheduled threads and one thread can be
-            several times faster. "auto" can change float rounding between runs (thread counts differ).
+        start: the identity of the starting weights (``training.source_fingerprint`` of their
+            folder); default: a hash of the weights and the tokenizer.
 
     Returns:
         ``{"output_dir", "final_dir", "steps" (completed), "episodes", "stopped_early", "metrics" (every
@@ -781,7 +783,6 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     if reward_model is not None and cfg.reward_model_weight == 0:
         raise ValueError("train_rlvr: a reward_model was given but cfg.reward_model_weight is 0; "
                          "set reward_model_weight > 0 (the paper's ablation) or drop the reward model")
-    check_threads(threads, "train_rlvr")
     if reward_model is None and cfg.reward_model_weight > 0:
         raise ValueError(f"train_rlvr: cfg.reward_model_weight is {cfg.reward_model_weight} but no reward_model was given")
 
@@ -792,6 +793,8 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     if not usable:
         raise ValueError(f"train_rlvr: every prompt is longer than max_prompt_len = {cfg.max_prompt_len} tokens")
 
+    identity = run_identity(cfg, start=start or weights_fingerprint(model, tokenizer), data=data_fingerprint(rows),
+                            eval_data=data_fingerprint(eval_rows) if eval_rows is not None else None)
     accelerator = make_accelerator(cfg)
     check_processes(cfg, accelerator)
     check_model_matches(cfg, model)
@@ -821,11 +824,11 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     num_steps = cfg.num_steps
     scheduler = make_scheduler(optimizer, cfg, num_steps)
     log = MetricsLog(cfg.metrics_path, enabled=world.is_main)
-    if not resume and world.is_main:
-        remove_checkpoints(cfg.output_dir)
+    resumable = begin_run(cfg.output_dir, identity, resume=resume, is_main=world.is_main, total_steps=num_steps)
     accelerator.wait_for_everyone()
     extra = {"value_head": value_head} if is_ppo else None
-    start_step, _ = resume_or_start(cfg, model, optimizer, scheduler, log, extra_modules=extra, resume=resume)
+    start_step, _ = resume_or_start(cfg.output_dir, model, optimizer, scheduler, log, extra_modules=extra,
+                                    resume=resumable)
     if world.is_main:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         cfg.save_json(Path(cfg.output_dir) / "rlvr_config.json")
@@ -851,15 +854,14 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         mine = [usable[i] for i in step_rows[world.rank * local_prompts:(world.rank + 1) * local_prompts]]
         batch, info = rollout(cfg, model, tokenizer, [rows[i] for i in mine], [prompt_texts[i] for i in mine],
                               seed=_derived_seed(cfg.seed, step, world.rank), reward_model=reward_model,
-                              global_offset=world.rank * local_prompts * cfg.samples_per_prompt, threads=threads)
+                              global_offset=world.rank * local_prompts * cfg.samples_per_prompt)
         generate_time = timer.lap()
-        with num_threads(_update_threads(threads, batch, cfg, model)):
-            # ---- 3. score pass + 4. advantages ----
-            score_rollout(cfg, model, batch, value_head=value_head, ref_model=ref_model)
-            compute_advantages(cfg, batch, world)
-            # ---- 5. update ----
-            stats = rlvr_update(cfg, model, optimizer, batch, value_head=value_head, step=step, world=world,
-                                params=params)
+        # ---- 3. score pass + 4. advantages ----
+        score_rollout(cfg, model, batch, value_head=value_head, ref_model=ref_model)
+        compute_advantages(cfg, batch, world)
+        # ---- 5. update ----
+        stats = rlvr_update(cfg, model, optimizer, batch, value_head=value_head, step=step, world=world,
+                            params=params)
         scheduler.step()
         update_time = timer.lap()
 
@@ -874,11 +876,13 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         record.update({"time/generate": generate_time, "time/update": update_time,
                        "step_time": generate_time + update_time})
         log.log(record)
+        check_finite(cfg.output_dir, step + 1, {"loss": record["loss"]}, is_main=world.is_main)
         bar.update(1)
         bar.set_postfix(reward=f"{record['reward']:.2f}", acc=f"{record['accuracy']:.2f}",
                         kl=f"{record['kl']:.3f}" if record["kl"] is not None else "-",
                         len=f"{record['completions/mean_length']:.0f}")
         if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last:
+            check_finite_weights(cfg.output_dir, step + 1, model, is_main=world.is_main)
             if world.is_main:
                 save_checkpoint(cfg.output_dir, step + 1, model, optimizer, scheduler, {"step": step + 1},
                                 extra_modules=extra)
@@ -903,20 +907,12 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in value_head.state_dict().items()},
                       str(final_dir / "value_head.safetensors"))
+        finish_run(cfg.output_dir, step=last_step, stopped_early=stopped_early,
+                   wall_time_s=time.perf_counter() - started, final_metrics=final)
     accelerator.wait_for_everyone()
     return {"output_dir": str(cfg.output_dir), "final_dir": str(final_dir) if final_dir else None,
             "steps": last_step, "episodes": last_step * cfg.rollout_batch, "stopped_early": stopped_early,
             "metrics": history, "final": final, "eval_accuracy": eval_accuracy, "model": model}
-
-
-def _update_threads(threads: int | str | None, batch: RolloutBatch, cfg: RLVRConfig, model) -> int | None:
-    """Threads for the score pass and update: as given, or ("auto") the fastest for a matmul of one
-    micro-batch's tokens through the MLP's first projection."""
-    if threads != "auto":
-        return threads
-    config = _base_model(model).config
-    tokens = sum(len(r) for r in batch.response_ids[:cfg.per_device_batch]) + len(batch.prompt_ids[0])
-    return fastest_threads(min(tokens, 1024), config.hidden_size, config.intermediate_size)
 
 
 def _distributed_accuracy(model, tokenizer, rows, cfg, world: World) -> float:

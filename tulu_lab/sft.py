@@ -74,8 +74,13 @@ from tulu_lab.training import (
     make_optimizer,
     make_scheduler,
     prepare_trainable,
-    remove_checkpoints,
+    begin_run,
+    check_finite,
+    check_finite_weights,
+    data_fingerprint,
+    finish_run,
     resume_or_start,
+    run_identity,
     save_checkpoint,
     save_final,
     scored_positions,
@@ -83,6 +88,7 @@ from tulu_lab.training import (
     seed_step,
     step_micro_batches,
     trainable_parameters,
+    weights_fingerprint,
 )
 
 
@@ -135,7 +141,7 @@ def micro_batch_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str,
 # --------------------------------------------------------------------------------------------------
 
 def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume: bool = True,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, start: str | None = None) -> dict[str, Any]:
     """Supervised fine-tuning with assistant-only loss, as in Tülu 3.
 
     Args:
@@ -145,8 +151,13 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
         tokenizer: its tokenizer; the Tülu template is rendered by ``tulu_lab.chat`` directly.
         data: ``[{"messages": [{"role": ..., "content": ...}, ...]}, ...]``.
         resume: continue from the newest checkpoint in ``cfg.output_dir`` if there is one; with
-            False any earlier checkpoints there are deleted and training starts afresh.
+            False this run's earlier checkpoints there are deleted and training starts afresh.
+            A folder holding a run of other settings (another config, starting model or data, see
+            ``training.begin_run``) is refused with ``RunMismatchError`` either way: nothing of it is
+            resumed or deleted.
         progress: show a tqdm bar (main process only).
+        start: the identity of the starting weights (``training.source_fingerprint`` of the folder
+            they were loaded from); default: a hash of the weights and the tokenizer.
 
     Returns:
         A summary dict: ``final_loss``, ``steps``, ``start_step``, ``steps_per_epoch``, ``examples``,
@@ -175,6 +186,7 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
                          f"of effective_batch={cfg.effective_batch}; add data or lower the batch")
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    identity = run_identity(cfg, start=start or weights_fingerprint(model, tokenizer), data=data_fingerprint(data))
 
     # ---- model, optimiser, schedule; then the newest checkpoint if resuming ----
     seed_everything(cfg.seed)  # LoRA initialisation: the same on every process and in every run
@@ -189,10 +201,10 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
     device = accelerator.device
 
     log = MetricsLog(cfg.metrics_path, enabled=accelerator.is_main_process)
-    if not resume and accelerator.is_main_process:
-        remove_checkpoints(cfg.output_dir)
+    resumable = begin_run(cfg.output_dir, identity, resume=resume, is_main=accelerator.is_main_process,
+                          total_steps=total_steps)
     accelerator.wait_for_everyone()
-    start_step, _ = resume_or_start(cfg, unwrapped, optimizer, scheduler, log, resume=resume)
+    start_step, _ = resume_or_start(cfg.output_dir, unwrapped, optimizer, scheduler, log, resume=resumable)
 
     # ---- optimiser steps ----
     bar = tqdm(total=total_steps, initial=start_step, desc="SFT", unit="step",
@@ -248,12 +260,14 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
             "step_time": timer.lap(),
         }
         log.log(record)
+        check_finite(cfg.output_dir, step + 1, {"loss": record["loss"]}, is_main=accelerator.is_main_process)
         last_record = record
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{learning_rate:.2e}")
 
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             accelerator.wait_for_everyone()
+            check_finite_weights(cfg.output_dir, step + 1, unwrapped, is_main=accelerator.is_main_process)
             if accelerator.is_main_process:
                 save_checkpoint(cfg.output_dir, step + 1, unwrapped, optimizer, scheduler,
                                 loop_state={"epoch": epoch, "position_in_epoch": position + 1})
@@ -281,8 +295,11 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
         "metrics_path": str(cfg.metrics_path),
     }
     accelerator.wait_for_everyone()
+    check_finite_weights(cfg.output_dir, total_steps, unwrapped, is_main=accelerator.is_main_process)
     if accelerator.is_main_process:
         save_final(unwrapped, tokenizer, cfg.output_dir, cfg, summary)
+        finish_run(cfg.output_dir, step=total_steps, stopped_early=False, wall_time_s=summary["wall_time_s"],
+                   final_metrics=last_record)
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # drop the accelerator's references to the optimiser and wrapped model
     unwrapped.eval()

@@ -10,6 +10,7 @@ on resume, so the metrics file of a resumed run equals that of an uninterrupted 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -294,30 +295,17 @@ class MetricsLog:
             self.path.unlink()
 
     def log(self, record: dict[str, Any]) -> None:
+        """Append ``record``; a non-finite number is written as null (JSON has no NaN or Infinity)."""
         if not self.enabled:
             return
-        clean = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in record.items()}
+        clean = {k: _json_number(v) for k, v in record.items()}
         with self.path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-
-def resume_or_start(cfg, model, optimizer, scheduler, log: MetricsLog,
-                    extra_modules: dict[str, torch.nn.Module] | None = None,
-                    resume: bool = True) -> tuple[int, dict[str, Any]]:
-    """Load the newest checkpoint in ``cfg.output_dir`` if there is one; returns (start_step, loop_state)."""
-    checkpoints = list_checkpoints(cfg.output_dir) if resume else []
-    if not checkpoints:
-        log.reset()
-        return 0, {}
-    step, loop_state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, extra_modules)
-    log.truncate_after(step)
-    print(f"[tulu_lab] resumed from {checkpoints[-1]} (step {step})", flush=True)
-    return step, loop_state
 
 
 def save_final(model, tokenizer, output_dir: str | Path, cfg, summary: dict[str, Any],
@@ -353,6 +341,14 @@ def save_final(model, tokenizer, output_dir: str | Path, cfg, summary: dict[str,
     return final
 
 
+def _json_number(value: Any) -> Any:
+    if isinstance(value, (torch.Tensor, np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 class StepTimer:
     def __init__(self):
         self.start = time.perf_counter()
@@ -361,3 +357,236 @@ class StepTimer:
         now = time.perf_counter()
         elapsed, self.start = now - self.start, now
         return elapsed
+
+
+# --------------------------------------------------------------------------------------------------
+# Run state: which settings a run folder belongs to, and how far it got
+# --------------------------------------------------------------------------------------------------
+#
+# A run folder holds one run: ``run.json`` records the fingerprint of everything that decides the
+# trained weights (the resolved config, the starting weights, the training data and the stage's own
+# settings), the resolved values themselves, the run's status ("running", "stopped" at a time limit,
+# "finished", "failed") and the step reached. A trainer called on a folder whose record has another
+# fingerprint refuses (``RunMismatchError``, naming what differs): it neither resumes a checkpoint
+# written under other settings nor deletes one. Caches of measurements on a run's weights (held-out
+# scores, evaluations) key on that fingerprint.
+
+RUN_FILE = "run.json"
+RUN_STATUSES = ("running", "stopped", "finished", "failed")
+# config fields that say where and how often to write, not what is trained
+_NOT_IDENTITY = ("output_dir", "log_path", "checkpoint_every")
+
+
+class RunMismatchError(ValueError):
+    """A run folder holds a run of other settings than the ones asked for."""
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or infinite loss or weights; the run stopped without a final save."""
+
+
+def fingerprint(value: Any) -> str:
+    """A short stable hash of a JSON-able value (dict keys sorted)."""
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(rows) -> str:
+    """The fingerprint of training (or evaluation) rows: their JSON content, in order."""
+    return fingerprint(list(rows))
+
+
+def weights_fingerprint(model, tokenizer=None) -> str:
+    """A hash of every tensor of the model (names, dtypes, shapes, bytes) and of the tokenizer's
+    vocabulary and chat template: what a run starts from when no named checkpoint is given."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.device.type != "meta":
+            digest.update(tensor.reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    if tokenizer is not None:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    return "weights:" + digest.hexdigest()[:16]
+
+
+def source_fingerprint(source: str | os.PathLike) -> str:
+    """The identity of a model a run starts from, without loading it.
+
+    A run's ``final`` folder (or the run folder) is named by that run's fingerprint; another local
+    folder by its config and the names and sizes of its files; anything else (a hub id, the embedded
+    model's name) by its name.
+    """
+    path = Path(source)
+    for folder in (path, path.parent):
+        record = read_run(folder)
+        if record is not None and record.get("status") == "finished":
+            return "run:" + record["fingerprint"]
+    if path.is_dir():
+        files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+        config = (path / "config.json").read_text() if (path / "config.json").is_file() else ""
+        return "folder:" + fingerprint({"files": files, "config": config})
+    return "name:" + str(source)
+
+
+def run_identity(cfg, *, start: str, data: str, **settings: Any) -> dict[str, Any]:
+    """Everything that decides a run's weights, resolved: the stage, the config without its output
+    paths, the starting weights' and the data's fingerprints, and the stage's own settings."""
+    config = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
+    return {"stage": getattr(cfg, "stage", ""), "config": config, "start": start, "data": data,
+            "settings": settings}
+
+
+def read_run(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's ``run.json`` record, or None when it has none."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); the run record is damaged") from None
+
+
+def finished_run(folder: str | os.PathLike, expected: str | None = None) -> dict[str, Any] | None:
+    """The folder's record if its run finished (and has the ``expected`` fingerprint), else None."""
+    record = read_run(folder)
+    if record is None or record.get("status") != "finished":
+        return None
+    if expected is not None and record.get("fingerprint") != expected:
+        return None
+    return record
+
+
+def update_run(folder: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into the folder's record, written whole or not at all."""
+    folder = Path(folder)
+    record = {**(read_run(folder) or {}), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if record.get("status") not in RUN_STATUSES:
+        raise ValueError(f"run status must be one of {list(RUN_STATUSES)}, got {record.get('status')!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(_json_safe(record), indent=2, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, folder / RUN_FILE)
+    return record
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def identity_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``"config.learning_rate: 0.001 (recorded) != 0.002 (now)"`` for each value that differs."""
+    old, new = _flatten(recorded), _flatten(_json_safe(wanted))
+    return [f"{key}: {old.get(key, '<absent>')!r} (recorded) != {new.get(key, '<absent>')!r} (now)"
+            for key in sorted(set(old) | set(new)) if old.get(key, "<absent>") != new.get(key, "<absent>")]
+
+
+def check_run_folder(folder: str | os.PathLike, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse a folder that holds another run; returns its record when it holds this one (else None).
+
+    Another run is a record with another fingerprint, or checkpoints or metrics without any record
+    (written by something that kept none): neither may be resumed, overwritten or deleted.
+    """
+    folder = Path(folder)
+    wanted = fingerprint(identity)
+    record = read_run(folder)
+    if record is None:
+        leftovers = list_checkpoints(folder) + [p for p in (folder / "metrics.jsonl", folder / "final") if p.exists()]
+        if leftovers:
+            raise RunMismatchError(
+                f"{folder} holds {leftovers[0].name} but no {RUN_FILE}: it belongs to a run of unknown settings, "
+                f"which is neither resumed nor deleted; choose another output_dir (or delete that folder)")
+        return None
+    if record.get("fingerprint") != wanted:
+        differences = identity_differences(record.get("identity", {}), identity)
+        raise RunMismatchError(
+            f"{folder} holds run {record.get('fingerprint')} ({record.get('status')}, step {record.get('step')}), "
+            f"not run {wanted} asked for now; it is neither resumed nor overwritten. Choose another output_dir. "
+            f"What differs: " + "; ".join(differences[:12]))
+    return record
+
+
+def begin_run(folder: str | os.PathLike, identity: dict[str, Any], *, resume: bool, is_main: bool = True,
+              total_steps: int | None = None) -> bool:
+    """Claim ``folder`` for the run ``identity``; returns whether its checkpoints may be resumed.
+
+    A folder of another run raises :class:`RunMismatchError` (on every process, before anything is
+    written). ``resume=False`` restarts this same run: its own checkpoints and metrics are removed.
+    """
+    record = check_run_folder(folder, identity)
+    resumable = resume and record is not None
+    if is_main:
+        if record is not None and not resume:
+            remove_checkpoints(folder)
+            shutil.rmtree(Path(folder) / "final", ignore_errors=True)
+        update_run(folder, fingerprint=fingerprint(identity), identity=identity, status="running",
+                   step=(record or {}).get("step", 0) if resumable else 0, total_steps=total_steps,
+                   error=None)
+    return resumable
+
+
+def resume_or_start(output_dir: str | os.PathLike, model, optimizer, scheduler, log: MetricsLog,
+                    extra_modules: dict[str, torch.nn.Module] | None = None,
+                    resume: bool = True) -> tuple[int, dict[str, Any]]:
+    """Load the newest checkpoint in ``output_dir`` when resuming (``begin_run`` said the folder is
+    this run's); returns (start_step, loop_state). Metrics lines past that step are dropped."""
+    checkpoints = list_checkpoints(output_dir) if resume else []
+    if not checkpoints:
+        log.reset()
+        return 0, {}
+    step, loop_state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, extra_modules)
+    log.truncate_after(step)
+    print(f"[tulu_lab] resumed from {checkpoints[-1]} (step {step})", flush=True)
+    return step, loop_state
+
+
+def check_finite(output_dir: str | os.PathLike, step: int, values: dict[str, Any], *, is_main: bool = True) -> None:
+    """Stop the run when a loss is NaN or infinite: the error names the step, the value and the last
+    good checkpoint; the run record says "failed" and no ``final`` is written."""
+    bad = {k: v for k, v in values.items() if v is not None and not math.isfinite(float(v))}
+    if bad:
+        _fail_run(output_dir, step, ", ".join(f"{k} = {float(v)}" for k, v in bad.items()), is_main)
+
+
+def check_finite_weights(output_dir: str | os.PathLike, step: int, model, *, is_main: bool = True) -> None:
+    """Refuse to checkpoint weights an update made NaN or infinite (e.g. a learning rate of inf)."""
+    for name, param in model.named_parameters():
+        if param.requires_grad and not bool(torch.isfinite(param.detach()).all()):
+            _fail_run(output_dir, step, f"trainable weight {name} is not finite after the update", is_main)
+
+
+def _fail_run(output_dir, step: int, what: str, is_main: bool) -> None:
+    checkpoints = list_checkpoints(output_dir)
+    last = str(checkpoints[-1]) if checkpoints else "none (no checkpoint was written before it)"
+    message = (f"training stopped at step {step}: {what}. Last good checkpoint: {last}. "
+               f"No final model was written; lower the learning rate or check the data, then rerun "
+               f"(the run resumes from that checkpoint).")
+    if is_main:
+        update_run(output_dir, status="failed", error=message)
+    raise NonFiniteError(message)
+
+
+def finish_run(output_dir: str | os.PathLike, *, step: int, stopped_early: bool, wall_time_s: float,
+               final_metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """Mark the run finished (or "stopped" before its last step, to be continued)."""
+    clean = {k: _json_number(v) for k, v in (final_metrics or {}).items()}
+    return update_run(output_dir, status="stopped" if stopped_early else "finished", step=step,
+                      wall_time_s=round(wall_time_s, 1), final_metrics=clean)
