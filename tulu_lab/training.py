@@ -1,11 +1,21 @@
-"""What the three training loops share: accelerate set-up, LoRA wrapping, optimiser and schedule,
-exact checkpoint/resume, JSONL metrics, seeding.
+"""The trainer: one training loop for every stage, the run state, checkpoints, metrics, seeding.
 
 Checkpoints hold everything a resumed run needs to continue bit-for-bit on the CPU: trainable weights,
 optimiser and scheduler state, the step counter, the loop's own state (data order position, ...) and
 every RNG state. They are written to a temporary folder and renamed, so a run killed mid-write
 (SIGKILL) leaves the previous checkpoint intact. Metrics lines past the checkpoint's step are dropped
 on resume, so the metrics file of a resumed run equals that of an uninterrupted one.
+
+One loop trains every stage (:func:`run_training`): a stage (:class:`Stage`; SFT and DPO are
+:class:`EpochStage`) supplies its batches and its step's losses, the trainer owns accelerator set-up,
+seeding, LoRA, optimiser and schedule, the run state, logging, checkpoints, resume, the time limit, the
+numerical guard and the final save.
+
+Launching: one process, ``torchrun --nproc_per_node N`` or ``accelerate launch`` (DDP, FSDP,
+DeepSpeed) run the same code; ``cfg.num_processes`` must equal the number launched. Collectives go
+through accelerate. Checkpoints and ``final`` are written from the main process's unsharded parameters,
+so exact resume is for one process or DDP; with parameters sharded by FSDP / DeepSpeed ZeRO-3 they
+would need gathering first.
 """
 
 from __future__ import annotations
@@ -31,9 +41,10 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # --------------------------------------------------------------------------------------------------
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Python's, numpy's and torch's RNGs (every device) from one seed (accelerate's set_seed)."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed % 2**32)
 
 
 def make_accelerator(cfg):
@@ -590,3 +601,241 @@ def finish_run(output_dir: str | os.PathLike, *, step: int, stopped_early: bool,
     clean = {k: _json_number(v) for k, v in (final_metrics or {}).items()}
     return update_run(output_dir, status="stopped" if stopped_early else "finished", step=step,
                       wall_time_s=round(wall_time_s, 1), final_metrics=clean)
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop every stage runs
+# --------------------------------------------------------------------------------------------------
+
+
+class Stage:
+    """What a training stage supplies to :func:`run_training`; the loop, the run state, checkpoints,
+    logging, the time limit and the final save are the trainer's.
+
+    Hooks, in the order they run: ``prepare_model`` (before adapters are attached: a frozen copy of
+    the starting model, a dtype change), ``extra_modules`` (trained modules besides the model, e.g. a
+    value head: optimised and checkpointed with it), ``before_resume`` (work on the starting weights,
+    e.g. reference log-probs), then per step ``step`` (the stage's batches, losses and optimiser
+    steps; returns the step's metrics record) and ``after_step`` (e.g. a held-out evaluation), and at
+    the end ``summary`` and ``after_final``.
+    """
+
+    name = "train"
+    wrap_model = True  # accelerate's DDP wrapper; False where the stage sums gradients itself
+    checkpoint_at_end = False  # also checkpoint the last step (a later call with more steps continues it)
+
+    def __init__(self, cfg, total_steps: int):
+        self.cfg = cfg
+        self.total_steps = total_steps
+
+    def prepare_model(self, model, run: TrainingRun):
+        return model
+
+    def extra_modules(self, model, run: TrainingRun) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def before_resume(self, run: TrainingRun) -> None:
+        pass
+
+    def step(self, run: TrainingRun, step: int, learning_rate: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def after_step(self, run: TrainingRun, step: int, record: dict[str, Any], last: bool) -> None:
+        pass
+
+    def loop_state(self, step: int) -> dict[str, Any]:
+        return {}
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{record.get('loss') or 0.0:.4f}"}
+
+    def summary(self, run: TrainingRun, steps_done: int, last_record: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def after_final(self, run: TrainingRun, final_dir: Path) -> None:
+        pass
+
+
+class TrainingRun:
+    """The state :func:`run_training` hands to a stage's hooks."""
+
+    def __init__(self, cfg, accelerator):
+        self.cfg = cfg
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        self.rank = accelerator.process_index
+        self.num_processes = accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+        self.model = None          # what the stage runs forward passes on (wrapped for DDP where it is)
+        self.unwrapped = None      # the model itself (checkpoints, adapters, final save)
+        self.optimizer = None
+        self.scheduler = None
+        self.params: list[torch.nn.Parameter] = []
+        self.extra_modules: dict[str, torch.nn.Module] = {}
+        self.log: MetricsLog | None = None
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over every process (a copy)."""
+        return self.accelerator.reduce(tensor.detach().clone().to(self.device), reduction="sum").cpu()
+
+
+def run_training(stage: Stage, model, tokenizer, *, identity: dict[str, Any], resume: bool = True,
+                 progress: bool = True, time_limit_s: float | None = None, save_merged: bool = True,
+                 accelerator=None) -> tuple[dict[str, Any], TrainingRun]:
+    """Train ``model`` with ``stage``: the loop every stage runs.
+
+    Sets up the accelerator and the seed, attaches LoRA, builds the optimiser and schedule, claims the
+    run folder (``begin_run``: a folder of another run is refused) and resumes its newest checkpoint,
+    then runs ``stage.step`` per step with the dropout RNG reseeded from (seed, step, process), logs
+    every record (stopping on a non-finite loss), checkpoints every ``cfg.checkpoint_every`` steps,
+    stops before a step would end past ``time_limit_s`` (a checkpoint is written there, the run's status
+    is "stopped" and a later call continues it), and writes ``output_dir/final`` (``save_final``).
+    Returns (summary, run).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = stage.cfg
+    started = time.perf_counter()
+    accelerator = accelerator or make_accelerator(cfg)
+    check_processes(cfg, accelerator)
+    check_model_matches(cfg, model)
+    run = TrainingRun(cfg, accelerator)
+
+    # ---- model, optimiser, schedule ----
+    seed_everything(cfg.seed)  # LoRA initialisation: the same on every process and in every run
+    model = stage.prepare_model(model, run)
+    cfg = run.cfg = stage.cfg  # the stage may have resolved a setting (e.g. float32 without native bf16)
+    model = prepare_trainable(model, cfg)
+    if not stage.wrap_model:
+        model = model.to(run.device)
+    model.train()
+    run.extra_modules = stage.extra_modules(model, run)
+    run.params = trainable_parameters(model) + [p for m in run.extra_modules.values() for p in m.parameters()]
+    if not run.params:
+        raise ValueError(f"{stage.name}: the model has no trainable parameter (set cfg.lora or unfreeze weights)")
+    optimizer = make_optimizer(run.params, cfg)
+    scheduler = make_scheduler(optimizer, cfg, stage.total_steps)
+    if stage.wrap_model:  # the scheduler is stepped by hand, once per optimiser step
+        model, optimizer = accelerator.prepare(model, optimizer)
+    run.model, run.unwrapped = model, accelerator.unwrap_model(model) if stage.wrap_model else model
+    run.optimizer, run.scheduler = optimizer, scheduler
+    stage.before_resume(run)
+
+    # ---- the run folder: claim it, resume its newest checkpoint ----
+    run.log = MetricsLog(cfg.metrics_path, enabled=run.is_main)
+    resumable = begin_run(cfg.output_dir, identity, resume=resume, is_main=run.is_main,
+                          total_steps=stage.total_steps)
+    accelerator.wait_for_everyone()
+    start_step, _ = resume_or_start(cfg.output_dir, run.unwrapped, optimizer, scheduler, run.log,
+                                    extra_modules=run.extra_modules or None, resume=resumable)
+
+    # ---- steps ----
+    bar = tqdm(total=stage.total_steps, initial=start_step, desc=stage.name, unit="step",
+               disable=not (progress and run.is_main))
+    loop_started = time.perf_counter()
+    last_record: dict[str, Any] | None = None
+    steps_done = start_step
+    for step in range(start_step, stage.total_steps):
+        seed_step(cfg.seed, step, run.rank)  # dropout draws depend on (seed, step, process) only
+        timer = StepTimer()
+        record = stage.step(run, step, scheduler.get_last_lr()[0])
+        seconds = timer.lap()
+        record.setdefault("step_time", seconds)
+        # stop where the next step (as long as this one) would end past the limit
+        out_of_time = time_limit_s is not None and bool(run.sum(torch.tensor(float(
+            time.perf_counter() - loop_started + seconds > time_limit_s))) > 0)
+        stage.after_step(run, step, record, step + 1 == stage.total_steps or out_of_time)
+        run.log.log(record)
+        check_finite(cfg.output_dir, step + 1, {"loss": record.get("loss")}, is_main=run.is_main)
+        last_record, steps_done = record, step + 1
+        bar.update(1)
+        bar.set_postfix(**stage.postfix(record))
+        at_end = step + 1 == stage.total_steps
+        periodic = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0
+        if out_of_time or (periodic and not at_end) or (at_end and stage.checkpoint_at_end):
+            accelerator.wait_for_everyone()
+            check_finite_weights(cfg.output_dir, step + 1, run.unwrapped, is_main=run.is_main)
+            if run.is_main:
+                save_checkpoint(cfg.output_dir, step + 1, run.unwrapped, optimizer, scheduler,
+                                loop_state=stage.loop_state(step), extra_modules=run.extra_modules or None)
+            accelerator.wait_for_everyone()
+        if out_of_time:
+            break
+    bar.close()
+
+    # ---- the result: output_dir/final ----
+    if last_record is None:  # everything was done before this call (resumed at the end)
+        records = run.log.read()
+        last_record = records[-1] if records else {}
+    summary = {"stage": getattr(cfg, "stage", stage.name), "steps": steps_done, "start_step": start_step,
+               "stopped_early": steps_done < stage.total_steps, **stage.summary(run, steps_done, last_record),
+               "wall_time_s": time.perf_counter() - started, "output_dir": str(cfg.output_dir),
+               "final_dir": str(Path(cfg.output_dir) / "final"), "metrics_path": str(cfg.metrics_path)}
+    accelerator.wait_for_everyone()
+    check_finite_weights(cfg.output_dir, steps_done, run.unwrapped, is_main=run.is_main)
+    if run.is_main:
+        final_dir = save_final(run.unwrapped, tokenizer, cfg.output_dir, cfg, summary, merged=save_merged)
+        stage.after_final(run, final_dir)
+        finish_run(cfg.output_dir, step=steps_done, stopped_early=summary["stopped_early"],
+                   wall_time_s=summary["wall_time_s"], final_metrics=last_record)
+    accelerator.wait_for_everyone()
+    return summary, run
+
+
+class EpochStage(Stage):
+    """A stage that walks its examples epoch by epoch, ``cfg.effective_batch`` of them per optimiser
+    step, each epoch a fresh permutation drawn from (seed, epoch), the incomplete last batch skipped
+    (SFT, DPO). ``max_steps``, when set, overrides ``epochs``."""
+
+    examples_name = "examples"
+
+    def __init__(self, cfg, n_examples: int, dropped: int):
+        self.steps_per_epoch = n_examples // cfg.effective_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.name}: {n_examples} usable {self.examples_name} ({dropped} dropped) cannot fill "
+                             f"one optimiser step of effective_batch={cfg.effective_batch}; add "
+                             f"{self.examples_name} or lower the batch")
+        super().__init__(cfg, cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch)
+        self.n_examples, self.dropped = n_examples, dropped
+        self._order_epoch, self._order = -1, []
+
+    def micro_batches(self, run: TrainingRun, step: int) -> list[list[int]]:
+        """This process's micro-batches (example indices) of optimiser step ``step``."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._order_epoch:
+            self._order_epoch, self._order = epoch, epoch_order(self.n_examples, self.cfg.seed, epoch)
+        return step_micro_batches(self._order, position, self.cfg.per_device_batch, self.cfg.gradient_accumulation,
+                                  self.cfg.num_processes, run.rank)
+
+    def backward(self, run: TrainingRun, loss: torch.Tensor) -> None:
+        """Backpropagate one micro-batch's loss (inside ``accelerator.accumulate``); after the step's
+        last one, clip, step the optimiser and the schedule."""
+        accelerator = run.accelerator
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            if self.cfg.grad_clip is not None:
+                accelerator.clip_grad_norm_(run.model.parameters(), self.cfg.grad_clip)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+
+    def epoch(self, step: int) -> float:
+        return (step + 1) / self.steps_per_epoch
+
+    def loop_state(self, step: int) -> dict[str, Any]:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        return {"epoch": epoch, "position_in_epoch": position + 1}
+
+    def report_dropped(self, run: TrainingRun, why: str) -> None:
+        if self.dropped and run.is_main:
+            print(f"[tulu_lab] {self.name}: dropped {self.dropped} of {self.n_examples + self.dropped} "
+                  f"{self.examples_name} {why}", flush=True)
+
+
+def train_epochs(stage: EpochStage, model, tokenizer, *, identity: dict[str, Any], resume: bool,
+                 progress: bool) -> dict[str, Any]:
+    """:func:`run_training` for an :class:`EpochStage`; the summary with the trained model (eval mode)."""
+    summary, run = run_training(stage, model, tokenizer, identity=identity, resume=resume, progress=progress)
+    run.accelerator.free_memory()  # drop the accelerator's references to the optimiser and wrapped model
+    run.unwrapped.eval()
+    return {**summary, "model": run.unwrapped}
