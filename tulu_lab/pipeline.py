@@ -192,7 +192,8 @@ def load_stage(stage_or_run: str | Path, recipe: Recipe | None = None, **kwargs)
         final = _finished_final(stage_or_run, recipe)
         if final is None:
             raise FileNotFoundError(f"stage {str(stage_or_run)!r} has not been run yet: no finished run at "
-                                    f"{_run_folder(stage_or_run, recipe)} (run pipeline.run_<stage>() or its notebook first)")
+                                    f"{_run_folder(stage_or_run, recipe)} (run pipeline.run_<stage>() or its "
+                                    f"notebook first)")
         model, tokenizer = load_model(final, **kwargs)
     install_tulu_template(tokenizer)
     return model, tokenizer
@@ -300,7 +301,8 @@ def _weights_key(stage_or_run: str | Path, recipe: Recipe) -> str:
     if stage_or_run == "instruct":
         return "model:" + fingerprint([recipe.model, recipe.dtype])
     record = run_record(stage_or_run, recipe) or {}
-    return "run:" + str(record.get("fingerprint"))
+    # the step too: a run stopped at its wall-time cap and continued later keeps its fingerprint
+    return f"run:{record.get('fingerprint')}@{record.get('step')}"
 
 
 def _cached(path: Path, key: str) -> dict[str, Any] | None:
@@ -356,8 +358,8 @@ def heldout_preference_accuracy(stage_or_run: str | Path = "dpo", recipe: Recipe
         raise FileNotFoundError(f"no finished DPO run at {folder}")
     pairs = embedded_data(recipe)["test_pairs"]
     cfg = type(recipe.dpo).from_dict(record["identity"]["config"])
-    key = fingerprint({"weights": "run:" + record["fingerprint"], "pairs": data_fingerprint(pairs),
-                       "dtype": recipe.dtype})
+    key = fingerprint({"weights": f"run:{record['fingerprint']}@{record.get('step')}",
+                       "pairs": data_fingerprint(pairs), "dtype": recipe.dtype})
     cache = folder / "heldout_preference.json"
     if cached := _cached(cache, key):
         return cached["accuracy"]

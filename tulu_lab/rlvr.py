@@ -768,8 +768,8 @@ class RLVRStage(Stage):
             print(f"[tulu_lab] dropped {len(self.rows) - len(self.usable)} prompts longer than "
                   f"{self.cfg.max_prompt_len} tokens", flush=True)
         if self.value_head is not None and self.cfg.value_model_init and run.is_main:
-            print(f"[tulu_lab] value head: zero-initialised linear head on the policy (not {self.cfg.value_model_init})",
-                  flush=True)
+            print(f"[tulu_lab] value head: zero-initialised linear head on the policy "
+                  f"(not {self.cfg.value_model_init})", flush=True)
 
     def step(self, run: TrainingRun, step: int, learning_rate: float) -> dict[str, Any]:
         cfg, model, world = self.cfg, run.model, self.world

@@ -180,21 +180,18 @@ def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
+# cfg.lr_schedule -> transformers' scheduler name (each with linear warmup from 0 over the warmup steps)
+SCHEDULER_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
 def make_scheduler(optimizer, cfg, total_steps: int):
-    """Linear warmup from 0, then linear decay to 0 / cosine / constant (cfg.lr_schedule)."""
+    """transformers' schedule for ``cfg.lr_schedule``: linear warmup from 0 over
+    ``ceil(warmup_ratio * total_steps)`` steps, then linear decay to 0 / cosine / constant."""
+    from transformers import get_scheduler
+
     warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return max(0.0, 1.0 - progress)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_scheduler(SCHEDULER_NAMES[cfg.lr_schedule], optimizer, num_warmup_steps=warmup,
+                         num_training_steps=total_steps)
 
 
 # --------------------------------------------------------------------------------------------------
