@@ -65,13 +65,10 @@ from tulu_lab.training import (
     EpochStage,
     TrainingRun,
     autocast,
-    data_fingerprint,
     epoch_order,
-    run_identity,
     scored_positions,
     step_micro_batches,
     train_epochs,
-    weights_fingerprint,
 )
 
 
@@ -411,8 +408,7 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
     encoded, dropped = encode_preference_data(pairs, tokenizer, cfg.max_seq_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stage = DPOStage(cfg, encoded, dropped, pad_id, cache_reference, progress)
-    identity = run_identity(cfg, start=start or weights_fingerprint(model, tokenizer), data=data_fingerprint(pairs))
-    return train_epochs(stage, model, tokenizer, identity=identity, resume=resume, progress=progress)
+    return train_epochs(stage, model, tokenizer, pairs, start=start, resume=resume, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ from tulu_lab.training import (
     make_accelerator,
     run_identity,
     run_training,
-    weights_fingerprint,
+    start_identity,
 )
 
 RewardModel = Callable[[list[str], list[str]], list[float]]
@@ -880,7 +880,7 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     usable = [i for i, n in enumerate(prompt_lens) if n <= cfg.max_prompt_len]
     if not usable:
         raise ValueError(f"train_rlvr: every prompt is longer than max_prompt_len = {cfg.max_prompt_len} tokens")
-    identity = run_identity(cfg, start=start or weights_fingerprint(model, tokenizer), data=data_fingerprint(rows),
+    identity = run_identity(cfg, start=start_identity(start, model, tokenizer), data=data_fingerprint(rows),
                             eval_data=data_fingerprint(eval_rows) if eval_rows is not None else None)
     accelerator = make_accelerator(cfg)
     world = World.from_accelerator(accelerator)

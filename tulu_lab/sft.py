@@ -63,11 +63,8 @@ from tulu_lab.training import (
     EpochStage,
     TrainingRun,
     autocast,
-    data_fingerprint,
-    run_identity,
     scored_positions,
     train_epochs,
-    weights_fingerprint,
 )
 
 
@@ -210,5 +207,4 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
     examples, dropped = encode_sft_data(data, tokenizer, cfg.max_seq_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stage = SFTStage(cfg, examples, dropped, pad_id)
-    identity = run_identity(cfg, start=start or weights_fingerprint(model, tokenizer), data=data_fingerprint(data))
-    return train_epochs(stage, model, tokenizer, identity=identity, resume=resume, progress=progress)
+    return train_epochs(stage, model, tokenizer, data, start=start, resume=resume, progress=progress)

@@ -438,6 +438,12 @@ def source_fingerprint(source: str | os.PathLike) -> str:
     return "name:" + str(source)
 
 
+def start_identity(start: str | None, model, tokenizer) -> str:
+    """What a run starts from: ``start`` as given (a run's or a folder's fingerprint, see
+    :func:`source_fingerprint`), else a hash of the model's weights and the tokenizer."""
+    return start or weights_fingerprint(model, tokenizer)
+
+
 def run_identity(cfg, *, start: str, data: str, **settings: Any) -> dict[str, Any]:
     """Everything that decides a run's weights, resolved: the stage, the config without its output
     paths, the starting weights' and the data's fingerprints, and the stage's own settings."""
@@ -829,9 +835,11 @@ class EpochStage(Stage):
                   f"{self.examples_name} {why}", flush=True)
 
 
-def train_epochs(stage: EpochStage, model, tokenizer, *, identity: dict[str, Any], resume: bool,
+def train_epochs(stage: EpochStage, model, tokenizer, rows, *, start: str | None, resume: bool,
                  progress: bool) -> dict[str, Any]:
-    """:func:`run_training` for an :class:`EpochStage`; the summary with the trained model (eval mode)."""
+    """:func:`run_training` for an :class:`EpochStage` trained on ``rows`` (the run's data, as given)
+    from ``start`` (see :func:`start_identity`); the summary with the trained model (eval mode)."""
+    identity = run_identity(stage.cfg, start=start_identity(start, model, tokenizer), data=data_fingerprint(rows))
     summary, run = run_training(stage, model, tokenizer, identity=identity, resume=resume, progress=progress)
     run.accelerator.free_memory()  # drop the accelerator's references to the optimiser and wrapped model
     run.unwrapped.eval()
