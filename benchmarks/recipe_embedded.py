@@ -4,9 +4,9 @@
     python benchmarks/recipe_embedded.py --sweep    # then the 3 x 2 beta x seed ablation (resumable)
     python benchmarks/recipe_embedded.py --rlvr-minutes 20 --rlvr-steps 32   # RLVR with the 20-minute budget
 
-The recipe's RLVR stage has a 10-minute budget (``make reproduce`` fits in 45 minutes); ``--rlvr-minutes``
-and ``--rlvr-steps`` change it for this call, which retrains ``runs/recipe/rlvr`` (SFT and DPO are kept;
-the next ``make reproduce`` retrains the 10-minute stage).
+The recipe (``recipes/embedded``) gives the RLVR stage a 10-minute budget (``make reproduce`` fits in 45
+minutes); ``--rlvr-minutes`` and ``--rlvr-steps`` change it for this call: an RLVR run of its own beside
+the 10-minute one (SFT and DPO are shared).
 
 It runs ``tulu_lab.pipeline`` (the code the notebooks run), so its checkpoints are the ones
 ``make reproduce`` picks up in ``runs/recipe/``; a finished stage is read back, an interrupted one
@@ -23,7 +23,6 @@ Everything is also written to ``runs/recipe/report.json``.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 import json
 import os
 import time
@@ -39,24 +38,25 @@ def main() -> None:
     parser.add_argument("--rlvr-steps", type=int, help="RLVR steps the schedule spans (the recipe's: 16)")
     args = parser.parse_args()
 
-    from tulu_lab import paths, pipeline
+    from tulu_lab import pipeline
 
     started = time.perf_counter()
-    changes = {k: v for k, v in (("rlvr_minutes", args.rlvr_minutes), ("rlvr_steps", args.rlvr_steps)) if v is not None}
-    if changes:
-        pipeline.configure(**changes)
-    s = pipeline.settings()
-    print(f"[recipe] settings: {s}", flush=True)
-    pipeline.run_rlvr()  # trains SFT and DPO first when they are missing
-    instruct, sft, dpo, rlvr = (pipeline.heldout_results(stage) for stage in pipeline.STAGES)
-    preference = pipeline.heldout_preference_accuracy("dpo")
-    gain = pipeline.rlvr_gain("dpo", "rlvr")
-    seconds = pipeline.stage_seconds()
-    rlvr_steps = pipeline.read_metrics("rlvr")
+    recipe = pipeline.load_recipe()
+    if args.rlvr_minutes is not None:
+        recipe = recipe.replace(rlvr_minutes=args.rlvr_minutes)
+    if args.rlvr_steps is not None:
+        recipe = recipe.with_stage("rlvr", max_steps=args.rlvr_steps)
+    print(f"[recipe] {recipe}", flush=True)
+    pipeline.run_rlvr(recipe)  # trains SFT and DPO first when they are missing
+    instruct, sft, dpo, rlvr = (pipeline.heldout_results(stage, recipe) for stage in pipeline.STAGES)
+    preference = pipeline.heldout_preference_accuracy("dpo", recipe)
+    gain = pipeline.rlvr_gain("dpo", "rlvr", recipe)
+    seconds = pipeline.stage_seconds(recipe)
+    rlvr_steps = pipeline.read_metrics("rlvr", recipe)
     rlvr_training_s = float(rlvr_steps["step_time"].sum())  # rollouts + updates, without loading and saving
 
     report = {
-        "settings": asdict(s),
+        "recipe": recipe.to_dict(),
         "heldout": {r["stage"]: {"accuracy": r["accuracy"], "format_rate": r["format_rate"], "n": r["n"]}
                     for r in (instruct, sft, dpo, rlvr)},
         "dpo_heldout_preference_accuracy": preference, "rlvr_gain": gain, "stage_seconds": seconds,
@@ -69,14 +69,14 @@ def main() -> None:
     if args.sweep:
         from tulu_lab.sweep import summarise_sweep
 
-        table = pipeline.run_ablation()
+        table = pipeline.run_ablation(recipe)
         summary = summarise_sweep(table, "eval/accuracy")
         report["sweep"] = json.loads(summary.to_json(orient="records"))
         print(summary.to_string(index=False))
-    out = paths.runs_dir() / "recipe" / "report.json"
+    out = pipeline.recipe_runs_dir(recipe) / "report.json"
     out.write_text(json.dumps(report, indent=2, default=str))
 
-    print(f"\n=== embedded recipe, held-out problems, greedy, {s.max_new_tokens} new tokens ===")
+    print(f"\n=== embedded recipe, held-out problems, greedy, {recipe.heldout_max_new_tokens} new tokens ===")
     for r in (instruct, sft, dpo, rlvr):
         print(f"  {r['stage']:8s} accuracy {r['accuracy']:6.1%}   answer format {r['format_rate']:6.1%}   "
               f"on {r['n']:3d} problems   trained in {seconds.get(r['stage'], 0) / 60:5.1f} min")

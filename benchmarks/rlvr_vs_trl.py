@@ -43,6 +43,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -329,6 +330,7 @@ def run_ours(args, channel: Channel) -> None:
     model, tokenizer = load_model("smollm2-135m")
     install_tulu_template(tokenizer)
     rows = benchmark_rows(args.rows)
+    shutil.rmtree(Path(args.out) / "ours", ignore_errors=True)  # scratch: a new run each time, whatever its settings
     cfg = ours_config(args.total_steps, Path(args.out) / "ours")
     step = {"index": 0}
     times: dict[str, float] = {}
@@ -395,8 +397,9 @@ def run_ours(args, channel: Channel) -> None:
     rlvr.rollout = rollout
     rlvr.score_rollout = timed("score_rollout", originals["score_rollout"])
     rlvr.rlvr_update = rlvr_update
-    threads = args.ours_threads if args.ours_threads == "auto" else int(args.ours_threads)
-    rlvr.train_rlvr(cfg, model, tokenizer, rows, resume=False, progress=False, save_merged=False, threads=threads)
+    if args.ours_threads != "auto":
+        torch.set_num_threads(int(args.ours_threads))
+    rlvr.train_rlvr(cfg, model, tokenizer, rows, resume=False, progress=False, save_merged=False)
     channel.send(kind="end", peak_rss=vm_hwm_bytes())
 
 
@@ -526,7 +529,7 @@ def child_main(args) -> None:
 
 def side_threads(side: str, threads: int) -> int:
     """Threads a side starts with: TRL configurations may name theirs ("trl-no-gc@1"); ours gets the
-    cap and chooses per phase within it (``train_rlvr(threads="auto")``)."""
+    cap."""
     return split_variant(side.removeprefix("trl-"), threads)[1] if side.startswith("trl-") else threads
 
 
@@ -759,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side first")
     parser.add_argument("--threads", type=int, default=2, help="threads for every side (the cap for ours)")
     parser.add_argument("--ours-threads", default="auto",
-                        help="ours: 'auto' (per phase, the fastest count up to --threads) or a fixed count")
+                        help="ours: 'auto' (torch's setting, --threads) or a fixed count")
     parser.add_argument("--trl", default=None,
                         help=f"TRL configurations, comma-separated, from {sorted(TRL_VARIANTS)}, each optionally "
                              "'@THREADS' (default: TRL's defaults, no gradient checkpointing, and that on one "

@@ -325,8 +325,6 @@ def test_truncated_safetensors_names_the_file(tiny_model_dir, tmp_path):
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     """Probe: a damaged newest checkpoint gave a raw SafetensorError with no path and no fallback."""
-    from types import SimpleNamespace
-
     from tulu_lab.training import (CorruptCheckpointError, MetricsLog, resume_or_start, save_checkpoint)
 
     def parts():
@@ -345,16 +343,15 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     newest = tmp_path / "checkpoint-4" / "trainable.safetensors"
     newest.write_bytes(newest.read_bytes()[:40])
 
-    cfg = SimpleNamespace(output_dir=str(tmp_path))
     fresh, optimizer, scheduler = parts()
-    step, _ = resume_or_start(cfg, fresh, optimizer, scheduler, MetricsLog(tmp_path / "m.jsonl"))
+    step, _ = resume_or_start(tmp_path, fresh, optimizer, scheduler, MetricsLog(tmp_path / "m.jsonl"))
     assert step == 2 and torch.equal(fresh.weight, torch.ones(2, 3))
     assert str(newest) in capsys.readouterr().out
 
     older = tmp_path / "checkpoint-2" / "state.pt"
     older.write_bytes(b"garbage")
     with pytest.raises(CorruptCheckpointError, match=r"no usable checkpoint.*checkpoint-4.*checkpoint-2.state\.pt"):
-        resume_or_start(cfg, *parts(), MetricsLog(tmp_path / "m.jsonl"))
+        resume_or_start(tmp_path, *parts(), MetricsLog(tmp_path / "m.jsonl"))
 
 
 def test_empty_data_file_is_an_error_naming_it(tmp_path):

@@ -34,3 +34,18 @@ def test_wilson_interval():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         wilson_interval(3, 0)
+
+
+@pytest.mark.parametrize("correct, n, confidence", [(0, 7, 0.95), (3, 7, 0.9), (123, 400, 0.95), (399, 400, 0.99)])
+def test_wilson_interval_matches_the_closed_form(correct, n, confidence):
+    import math
+
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + confidence / 2)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = wilson_interval(correct, n, confidence)
+    assert low == pytest.approx(max(0.0, centre - half), abs=1e-12)
+    assert high == pytest.approx(min(1.0, centre + half), abs=1e-12)

@@ -82,16 +82,21 @@ def test_bad_grids_fail_before_anything_runs(tmp_path):
 
 
 def _fake_train(calls):
-    """A stand-in for train_rlvr that logs two steps of metrics, as the real one does."""
+    """A stand-in for train_rlvr that records its run and logs two steps of metrics, as the real one does."""
+    from tulu_lab.training import begin_run, data_fingerprint, finish_run, run_identity
 
-    def train(cfg, model, tokenizer, data, *, eval_data, reward_model, resume, progress):
+    def train(cfg, model, tokenizer, data, *, eval_data, reward_model, resume, progress, start):
         calls.append(cfg.output_dir)
+        identity = run_identity(cfg, start=start, data=data_fingerprint(data),
+                                eval_data=data_fingerprint(eval_data) if eval_data is not None else None)
+        begin_run(cfg.output_dir, identity, resume=resume)
         path = cfg.metrics_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as f:
             for step in (1, 2):
                 f.write(json.dumps({"step": step, "episodes": step * cfg.rollout_batch, "reward": cfg.beta * step,
                                     "eval/accuracy": cfg.learning_rate * 1e4 + cfg.seed}) + "\n")
+        finish_run(cfg.output_dir, step=2, stopped_early=False, wall_time_s=0.0, final_metrics={"step": 2})
         return {"final": {"step": 2}, "eval_accuracy": None}
 
     return train
@@ -118,9 +123,13 @@ def test_tidy_table_and_skipping_finished_cells(tmp_path):
         run_sweep(_base(reward_model_weight=1.0), {"beta": [0.0]}, [1], **kwargs)
 
 
-def test_cells_finished_or_started_with_other_settings_are_retrained_afresh(tmp_path):
-    """A finished cell is skipped only when its folder was trained with the cell's exact config: after
-    a change of the base config (here num_minibatches) every cell trains again, without resuming."""
+def test_a_sweep_with_other_settings_never_touches_the_cells_of_another(tmp_path):
+    """A finished cell is skipped only when its folder holds a finished run of the cell's exact settings.
+    A changed base config (here num_minibatches) in the same folder is refused before anything trains,
+    naming what differs, and every file of the earlier cells stays byte-identical; in its own folder it
+    trains. A cell killed mid-run (status "running") resumes."""
+    from tulu_lab.training import RunMismatchError, update_run
+
     calls, resumes = [], []
     fake = _fake_train(calls)
 
@@ -128,16 +137,20 @@ def test_cells_finished_or_started_with_other_settings_are_retrained_afresh(tmp_
         resumes.append(resume)
         return fake(cfg, *args, resume=resume, **kwargs)
 
-    kwargs = dict(data=[], model_loader=lambda source: (None, None), train_fn=train, output_dir=tmp_path,
-                  progress=False)
-    run_sweep(_base(), {"beta": [0.0, 0.1]}, [1], **kwargs)
-    run_sweep(_base(), {"beta": [0.0, 0.1]}, [1], **kwargs)
-    assert len(calls) == 2 and resumes == [False, False]  # new folders; then both skipped
+    kwargs = dict(data=[], model_loader=lambda source: (None, None), train_fn=train, progress=False)
+    run_sweep(_base(), {"beta": [0.0, 0.1]}, [1], output_dir=tmp_path / "a", **kwargs)
+    run_sweep(_base(), {"beta": [0.0, 0.1]}, [1], output_dir=tmp_path / "a", **kwargs)
+    assert len(calls) == 2  # then both skipped
+    before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "results.csv"}
     changed = _base(num_minibatches=2, per_device_batch=8)
-    run_sweep(changed, {"beta": [0.0, 0.1]}, [1], **kwargs)
-    assert len(calls) == 4 and resumes[2:] == [False, False]
-    (tmp_path / "beta=0_seed=1" / "done.json").unlink()  # as if killed mid-run: same settings resume
-    run_sweep(changed, {"beta": [0.0, 0.1]}, [1], **kwargs)
+    with pytest.raises(RunMismatchError, match="num_minibatches: 1 \\(recorded\\) != 2 \\(now\\)"):
+        run_sweep(changed, {"beta": [0.0, 0.1]}, [1], output_dir=tmp_path / "a", **kwargs)
+    assert len(calls) == 2
+    assert {p: p.read_bytes() for p in before} == before
+    run_sweep(changed, {"beta": [0.0, 0.1]}, [1], output_dir=tmp_path / "b", **kwargs)
+    assert len(calls) == 4
+    update_run(tmp_path / "b" / "beta=0_seed=1", status="running")  # as if killed mid-run: it resumes
+    run_sweep(changed, {"beta": [0.0, 0.1]}, [1], output_dir=tmp_path / "b", **kwargs)
     assert len(calls) == 5 and resumes[4] is True
 
 
@@ -157,8 +170,10 @@ def test_killed_sweep_resumes_and_skips_finished_cells(tiny_model_dir, tmp_path)
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "sweep_resume_script.py"), str(tiny_model_dir),
                            str(out), str(kill_at)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
+    from tulu_lab.training import read_run
+
     cell_dirs = sorted(p for p in out.iterdir() if p.is_dir())
-    assert [(d / "done.json").is_file() for d in cell_dirs] == [True, False]
+    assert [read_run(d)["status"] for d in cell_dirs] == ["finished", "running"]
 
     from tulu_lab.rlvr import train_rlvr
 
@@ -179,4 +194,4 @@ def test_killed_sweep_resumes_and_skips_finished_cells(tiny_model_dir, tmp_path)
     assert list(df.columns[:6]) == ["beta", "lr", "seed", "cell", "step", "episodes"]
     for _, cell in df.groupby("cell"):
         assert list(cell["step"]) == [1, 2, 3] and list(cell["final"]) == [False, False, True]
-    assert all((d / "done.json").is_file() for d in out.iterdir() if d.is_dir())
+    assert all(read_run(d)["status"] == "finished" for d in out.iterdir() if d.is_dir())

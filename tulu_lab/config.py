@@ -599,12 +599,35 @@ def paper_config(stage: str, scale: str, **overrides: Any):
 
 
 def load_config(path: str | Path):
-    """Load a config saved with ``save_json``; the ``"stage"`` key picks the class."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    stage = data.get("stage") if isinstance(data, dict) else None
+    """Load a stage config from a JSON file (``save_json``) or a YAML file (``recipes/*/<stage>.yaml``);
+    the ``"stage"`` key picks the class. Fields left out of a file take the class's defaults, except
+    ``output_dir``, which a file may leave to whoever runs it."""
+    path = Path(path)
+    data = _read_mapping(path)
+    stage = data.get("stage")
     if stage not in CONFIG_CLASSES:
         raise ValueError(f"{path}: 'stage' must be one of {list(CONFIG_CLASSES)}, got {stage!r}")
-    return CONFIG_CLASSES[stage].from_dict(data)
+    try:
+        return CONFIG_CLASSES[stage].from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """A JSON or YAML file's top-level mapping (YAML for .yaml / .yml)."""
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    return data

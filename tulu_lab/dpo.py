@@ -46,17 +46,13 @@ Where this departs from the paper / open-instruct
   once; the sums equal those of two separate rows (tested). Needs sdpa or eager attention; with
   flash attention set ``share_prompt=False``.
 
-Launching: one process, ``torchrun --nproc_per_node N`` or ``accelerate launch`` (DDP, FSDP,
-DeepSpeed) run the same code; ``cfg.num_processes`` must equal the number launched. Checkpoints and
-``final`` are written from the main process's unsharded parameters, so exact resume is for one
-process or DDP; with parameters sharded by FSDP / DeepSpeed ZeRO-3 they would need gathering first.
+The loop, the run folder (``run.json``), checkpoints, resume and launching with several processes
+are the trainer's: see ``tulu_lab.training``.
 """
 
 from __future__ import annotations
 
 import copy
-import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
@@ -66,25 +62,13 @@ from tulu_lab.chat import encode_sft_example, pad_batch, validate_messages
 from tulu_lab.config import DPOConfig
 from tulu_lab.losses import dpo_loss, logprob_sum, sequence_logprobs
 from tulu_lab.training import (
-    MetricsLog,
-    StepTimer,
+    EpochStage,
+    TrainingRun,
     autocast,
-    check_model_matches,
-    check_processes,
     epoch_order,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    prepare_trainable,
-    remove_checkpoints,
-    resume_or_start,
-    save_checkpoint,
-    save_final,
     scored_positions,
-    seed_everything,
-    seed_step,
     step_micro_batches,
-    trainable_parameters,
+    train_epochs,
 )
 
 
@@ -300,132 +284,73 @@ def pairs_in_run(n_pairs: int, cfg, total_steps: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------------
-# The training loop
+# The stage: reference log-probs once, then this process's pairs of each optimiser step
 # --------------------------------------------------------------------------------------------------
 
-def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume: bool = True,
-              progress: bool = True, cache_reference: bool = True) -> dict[str, Any]:
-    """DPO / length-normalised DPO (``cfg.loss_type``: "dpo_norm", Tülu 3's, or "dpo").
+class DPOStage(EpochStage):
+    """Before training: the reference (the adapter-free network, or a frozen copy) and, with
+    ``cache_reference``, every reference log-prob the run needs. Per optimiser step: this process's
+    micro-batches of pairs, chosen and rejected in one forward pass, the DPO loss, accumulate, clip, step."""
 
-    Args:
-        cfg: the run's settings (``DPOConfig.for_scale(...)`` or ``DPOConfig.cpu_preset(...)``).
-        model: the starting policy (the SFT model) from ``tulu_lab.models.load_model``; LoRA adapters
-            from ``cfg.lora`` are attached unless it already has them. The reference is this network
-            with adapters disabled (LoRA), or see the module docstring for full fine-tuning.
-        tokenizer: its tokenizer.
-        pairs: ``[{"chosen": messages, "rejected": messages}, ...]`` sharing the prompt.
-        resume: continue from the newest checkpoint in ``cfg.output_dir``; False deletes earlier
-            checkpoints there and starts afresh.
-        progress: show tqdm bars (main process only).
-        cache_reference: compute every reference log-prob once before training (open-instruct's
-            dpo_tune_cache) instead of a reference forward pass per micro-batch; same loss.
+    name = "DPO"
+    examples_name = "pairs"
 
-    Returns:
-        A summary dict: ``final_loss``, ``final_accuracy`` (rewards/accuracies of the last step),
-        ``steps``, ``start_step``, ``steps_per_epoch``, ``pairs``, ``dropped_pairs``,
-        ``effective_batch``, ``wall_time_s``, ``output_dir``, ``final_dir``, ``metrics_path`` and
-        ``model`` (the trained model object; left out of summary.json).
-    """
-    from tqdm.auto import tqdm
+    def __init__(self, cfg: DPOConfig, encoded, dropped: int, pad_id: int, cache_reference: bool, progress: bool):
+        super().__init__(cfg, len(encoded), dropped)
+        self.encoded, self.pad_id = encoded, pad_id
+        self.cache_reference, self.progress = cache_reference, progress
+        self.reference_copy = self.reference = self.cache = None
 
-    if not isinstance(cfg, DPOConfig):
-        raise TypeError(f"cfg must be a DPOConfig, got {type(cfg).__name__}")
-    started = time.perf_counter()
-    accelerator = make_accelerator(cfg)
-    check_processes(cfg, accelerator)
-    check_model_matches(cfg, model)
-    rank = accelerator.process_index
+    def prepare_model(self, model, run: TrainingRun):
+        cfg = self.cfg
+        if cfg.lora is None and not self.cache_reference:
+            if run.accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+                raise ValueError("full-weight DPO without cache_reference keeps a frozen copy of the model, which is "
+                                 "not supported under FSDP/DeepSpeed; use cache_reference=True or LoRA")
+            self.reference_copy = copy.deepcopy(model).to(run.device).eval().requires_grad_(False)
+            if cfg.precision != "bf16":
+                self.reference_copy = self.reference_copy.float()
+        return model
 
-    # ---- data ----
-    encoded, dropped = encode_preference_data(pairs, tokenizer, cfg.max_seq_len)
-    if dropped and accelerator.is_main_process:
-        print(f"[tulu_lab] DPO: dropped {dropped} of {len(pairs)} pairs whose chosen or rejected answer "
-              f"was cut away by max_seq_len={cfg.max_seq_len}", flush=True)
-    steps_per_epoch = len(encoded) // cfg.effective_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"DPO: {len(encoded)} usable pairs ({dropped} dropped) cannot fill one optimiser step "
-                         f"of effective_batch={cfg.effective_batch}; add pairs or lower the batch")
-    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    def before_resume(self, run: TrainingRun) -> None:
+        self.report_dropped(run, f"whose chosen or rejected answer was cut away by max_seq_len={self.cfg.max_seq_len}")
+        self.reference = _Reference(run.model, run.accelerator, self.reference_copy)
+        # Reference log-probs BEFORE loading a checkpoint: for full fine-tuning the untouched starting
+        # weights are the reference (with LoRA the adapters are disabled, so the order does not matter).
+        if self.cache_reference:
+            self.cache = reference_cache(self.reference, self.encoded, self.cfg, run.accelerator, self.pad_id,
+                                         progress=self.progress,
+                                         only=pairs_in_run(len(self.encoded), self.cfg, self.total_steps))
 
-    # ---- model and reference ----
-    seed_everything(cfg.seed)  # LoRA initialisation: the same on every process and in every run
-    reference_copy = None
-    if cfg.lora is None and not cache_reference:
-        if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
-            raise ValueError("full-weight DPO without cache_reference keeps a frozen copy of the model, which is "
-                             "not supported under FSDP/DeepSpeed; use cache_reference=True or LoRA")
-        reference_copy = copy.deepcopy(model).to(accelerator.device).eval().requires_grad_(False)
-        if cfg.precision != "bf16":
-            reference_copy = reference_copy.float()
-    model = prepare_trainable(model, cfg)
-    model.train()
-    optimizer = make_optimizer(trainable_parameters(model), cfg)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped by hand
-    unwrapped = accelerator.unwrap_model(model)
-    device = accelerator.device
-    reference = _Reference(model, accelerator, reference_copy)
-
-    # Reference log-probs BEFORE loading a checkpoint: for full fine-tuning the untouched starting
-    # weights are the reference (with LoRA the adapters are disabled, so the order does not matter).
-    cache = (reference_cache(reference, encoded, cfg, accelerator, pad_id, progress=progress,
-                             only=pairs_in_run(len(encoded), cfg, total_steps)) if cache_reference else None)
-
-    log = MetricsLog(cfg.metrics_path, enabled=accelerator.is_main_process)
-    if not resume and accelerator.is_main_process:
-        remove_checkpoints(cfg.output_dir)
-    accelerator.wait_for_everyone()
-    start_step, _ = resume_or_start(cfg, unwrapped, optimizer, scheduler, log, resume=resume)
-
-    # ---- optimiser steps ----
-    bar = tqdm(total=total_steps, initial=start_step, desc="DPO", unit="step",
-               disable=not (progress and accelerator.is_main_process))
-    last_record: dict[str, Any] | None = None
-    order_epoch, order = -1, []
-    for step in range(start_step, total_steps):
-        epoch, position = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(len(encoded), cfg.seed, epoch)
-        seed_step(cfg.seed, step, rank)
-        timer = StepTimer()
-        learning_rate = scheduler.get_last_lr()[0]
+    def step(self, run: TrainingRun, step: int, learning_rate: float) -> dict[str, Any]:
+        cfg, model, device = self.cfg, run.model, run.device
         # sums over pairs of: loss, chosen reward, rejected reward, accuracy, chosen logp, rejected
         # logp; then pair count and non-padding tokens (summed over processes below)
         totals = torch.zeros(8, dtype=torch.float64)
-
-        for micro in step_micro_batches(order, position, cfg.per_device_batch, cfg.gradient_accumulation,
-                                        cfg.num_processes, rank):
-            batch = _pair_batch(encoded, micro, pad_id, device, cfg.share_prompt)
+        for micro in self.micro_batches(run, step):
+            batch = _pair_batch(self.encoded, micro, self.pad_id, device, cfg.share_prompt)
             k = len(micro)
-            if cache is not None:
-                ref = cache[micro].to(device=device, dtype=torch.float32)
+            if self.cache is not None:
+                ref = self.cache[micro].to(device=device, dtype=torch.float32)
                 ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
             else:
-                ref_sums = reference.logps(batch, cfg)
+                ref_sums = self.reference.logps(batch, cfg)
                 ref_chosen, ref_rejected = ref_sums[:k], ref_sums[k:]
-            with accelerator.accumulate(model):
+            with run.accelerator.accumulate(model):
                 sums, lengths = _summed_logps(model, batch, cfg)
                 out = dpo_loss(sums[:k], sums[k:], ref_chosen, ref_rejected, cfg.beta, loss_type=cfg.loss_type,
                                chosen_lengths=lengths[:k], rejected_lengths=lengths[k:])
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients:
-                    if cfg.grad_clip is not None:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                self.backward(run, out.loss)
             totals += torch.tensor([
                 float(out.losses.detach().sum()), float(out.chosen_rewards.sum()), float(out.rejected_rewards.sum()),
                 float((out.chosen_rewards > out.rejected_rewards).float().sum()),
                 float(sums[:k].detach().sum()), float(sums[k:].detach().sum()),
                 k, float(batch["tokens"])], dtype=torch.float64)
-
-        totals = accelerator.reduce(totals.to(device), reduction="sum").cpu()
+        totals = run.sum(totals)
         n_pairs = float(totals[6])
-        record = {
+        return {
             "step": step + 1,
-            "epoch": (step + 1) / steps_per_epoch,
+            "epoch": self.epoch(step),
             "loss": float(totals[0]) / n_pairs,
             "rewards/chosen": float(totals[1]) / n_pairs,
             "rewards/rejected": float(totals[2]) / n_pairs,
@@ -435,50 +360,55 @@ def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume
             "logps/rejected": float(totals[5]) / n_pairs,
             "learning_rate": learning_rate,
             "tokens": int(totals[7]),
-            "step_time": timer.lap(),
         }
-        log.log(record)
-        last_record = record
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
 
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(cfg.output_dir, step + 1, unwrapped, optimizer, scheduler,
-                                loop_state={"epoch": epoch, "position_in_epoch": position + 1})
-            accelerator.wait_for_everyone()
-    bar.close()
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{record['loss']:.4f}", "acc": f"{record['rewards/accuracies']:.2f}"}
 
-    # ---- the result ----
-    if last_record is None:
-        records = log.read()
-        last_record = records[-1] if records else {}
-    summary = {
-        "stage": "dpo",
-        "loss_type": cfg.loss_type,
-        "beta": cfg.beta,
-        "final_loss": last_record.get("loss"),
-        "final_accuracy": last_record.get("rewards/accuracies"),
-        "steps": total_steps,
-        "start_step": start_step,
-        "steps_per_epoch": steps_per_epoch,
-        "pairs": len(encoded),
-        "dropped_pairs": dropped,
-        "effective_batch": cfg.effective_batch,
-        "cache_reference": cache_reference,
-        "wall_time_s": time.perf_counter() - started,
-        "output_dir": str(cfg.output_dir),
-        "final_dir": str(Path(cfg.output_dir) / "final"),
-        "metrics_path": str(cfg.metrics_path),
-    }
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_final(unwrapped, tokenizer, cfg.output_dir, cfg, summary)
-    accelerator.wait_for_everyone()
-    accelerator.free_memory()  # drop the accelerator's references to the optimiser and wrapped model
-    unwrapped.eval()
-    return {**summary, "model": unwrapped}
+    def summary(self, run: TrainingRun, steps_done: int, last_record: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"loss_type": cfg.loss_type, "beta": cfg.beta, "final_loss": last_record.get("loss"),
+                "final_accuracy": last_record.get("rewards/accuracies"), "steps_per_epoch": self.steps_per_epoch,
+                "pairs": len(self.encoded), "dropped_pairs": self.dropped, "effective_batch": cfg.effective_batch,
+                "cache_reference": self.cache_reference}
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+def train_dpo(cfg: DPOConfig, model, tokenizer, pairs: Sequence[dict], *, resume: bool = True,
+              progress: bool = True, cache_reference: bool = True, start: str | None = None) -> dict[str, Any]:
+    """DPO / length-normalised DPO (``cfg.loss_type``: "dpo_norm", Tülu 3's, or "dpo").
+
+    Args:
+        cfg: the run's settings (``DPOConfig.for_scale(...)`` or ``DPOConfig.cpu_preset(...)``).
+        model: the starting policy (the SFT model) from ``tulu_lab.models.load_model``; LoRA adapters
+            from ``cfg.lora`` are attached unless it already has them. The reference is this network
+            with adapters disabled (LoRA), or see the module docstring for full fine-tuning.
+        tokenizer: its tokenizer.
+        pairs: ``[{"chosen": messages, "rejected": messages}, ...]`` sharing the prompt.
+        resume: continue from the newest checkpoint in ``cfg.output_dir``; False deletes this run's
+            earlier checkpoints there and starts afresh. A folder holding a run of other settings is
+            refused with ``RunMismatchError`` (see ``training.begin_run``).
+        progress: show tqdm bars (main process only).
+        cache_reference: compute every reference log-prob once before training (open-instruct's
+            dpo_tune_cache) instead of a reference forward pass per micro-batch; same loss.
+        start: the identity of the starting weights (``training.source_fingerprint`` of their
+            folder); default: a hash of the weights and the tokenizer.
+
+    Returns:
+        A summary dict: ``final_loss``, ``final_accuracy`` (rewards/accuracies of the last step),
+        ``steps``, ``start_step``, ``steps_per_epoch``, ``pairs``, ``dropped_pairs``,
+        ``effective_batch``, ``wall_time_s``, ``output_dir``, ``final_dir``, ``metrics_path`` and
+        ``model`` (the trained model object; left out of summary.json).
+    """
+    if not isinstance(cfg, DPOConfig):
+        raise TypeError(f"cfg must be a DPOConfig, got {type(cfg).__name__}")
+    encoded, dropped = encode_preference_data(pairs, tokenizer, cfg.max_seq_len)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stage = DPOStage(cfg, encoded, dropped, pad_id, cache_reference, progress)
+    return train_epochs(stage, model, tokenizer, pairs, start=start, resume=resume, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------------

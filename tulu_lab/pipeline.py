@@ -1,173 +1,199 @@
-"""The embedded recipe end to end: SFT -> DPO -> RLVR on SmolLM2-135M with synthetic verifiable data.
-
-Each stage function trains once, writes ``runs/recipe/<stage>/final`` (a merged checkpoint that
-``load_model`` reads) and returns that folder; called again it finds the folder and returns at once,
-so the notebooks re-run fast and a later notebook picks up what an earlier one saved. An interrupted
-stage resumes from its last checkpoint. ``TULU_LAB_SMOKE=1`` (``paths.smoke()``) makes every stage a
-few steps long and writes to ``runs/smoke/`` instead, so a quick pass never masks a full run.
+"""A recipe end to end: SFT -> DPO -> RLVR, every stage a run of its own, keyed by its fingerprint.
 
     from tulu_lab import pipeline
-    sft_dir = pipeline.run_sft()          # ~5 min on 2 CPU cores
-    dpo_dir = pipeline.run_dpo()          # from the SFT model, ~5 min
-    rlvr_dir = pipeline.run_rlvr()        # from the DPO model, 10 min cap
-    pipeline.heldout_table()              # held-out accuracy of every stage, greedy
+    sft_dir = pipeline.run_sft()                 # the embedded recipe (recipes/embedded), ~5 min on 2 CPU cores
+    dpo_dir = pipeline.run_dpo()                 # from the SFT run, ~5 min
+    rlvr_dir = pipeline.run_rlvr()               # from the DPO run, 10 min cap
+    pipeline.heldout_table()                     # held-out accuracy of every stage, greedy
+    variant = pipeline.run_dpo(beta=2.0)         # a DPO variant: a run of its own beside the baseline
+
+Every function takes the recipe explicitly (``recipe=``, default ``tulu_lab.recipe.load_recipe()``,
+which applies the smoke overlay when ``TULU_LAB_SMOKE=1``). A stage's run lives in
+``runs/<recipe.name>/<stage>-<fingerprint>/``, the fingerprint covering its resolved config (with the
+overrides given), the run it starts from, its data and the recipe settings that decide its weights
+(``training.run_identity``); the trainer records it in the folder's ``run.json`` with the run's status
+and step. So a stage function called again returns the finished run at once; a changed override, a
+changed start or ``force=True`` trains a run of its own and leaves every other run's files as they
+are; an interrupted run resumes from its last checkpoint. Held-out scores are cached in the run's
+folder, keyed on its fingerprint and the scoring settings.
 
 The data: one seeded draw of synthetic word problems at the generator's default difficulty, split
-into training problems and 400 held-out test problems that no stage ever trains on.
+into training problems and held-out test problems that no stage ever trains on.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tulu_lab import paths
+from tulu_lab.recipe import STAGES as TRAINED_STAGES
+from tulu_lab.recipe import Recipe, load_recipe
 
-BASE_MODEL = "smollm2-135m"
-STAGES = ("instruct", "sft", "dpo", "rlvr")
+STAGES = ("instruct",) + TRAINED_STAGES
 ANSWER_LINE = re.compile(r"^#### -?[\d,]*\.?\d+\s*$")
+UPSTREAM = {"sft": "instruct", "dpo": "sft"}  # RLVR starts from DPO unless told otherwise
+ABLATION_BETAS = (0.0, 0.04, 0.2)
+ABLATION_SEEDS = (1, 2)
+ABLATION_STEPS = 3        # per cell, 2 prompts x 8 samples
+ABLATION_EVAL = 60        # held-out problems scored at the end of each cell
 
 
-@dataclass(frozen=True)
-class RecipeSettings:
-    """Sizes of the embedded recipe (full run, and the smoke run used by CI and first looks).
-
-    Sized for 2 CPU cores in float32 (measured: about 7 s per SFT step of 8 examples, 42 s per RLVR
-    step of 8 x 8 samples): the learning rates are LoRA rates for a few dozen steps, 5x / 4x / 15x the CPU
-    presets' (which assume a few hundred steps). RLVR runs without a KL penalty (beta 0, as in the
-    ablation it matched 0.04 and 0.2): groups whose samples all scored the same then carry no gradient
-    and skip their backward pass, and 8 prompts per step keep enough groups that do.
-    """
-    seed: int = 0
-    n_train: int = 3000            # training problems (SFT, preference pairs and RLVR prompts come from these)
-    n_test: int = 400              # held-out problems, never trained on
-    n_test_instruct: int = 50      # the untrained baseline is scored on the first 50 (it never stops early)
-    sft_steps: int = 40            # batch 8: 320 demonstrations
-    sft_lr: float = 1e-3
-    dpo_steps: int = 15            # 8 pairs per step: 120 pairs
-    dpo_lr: float = 2e-4
-    dpo_heldout_pairs: int = 200   # preference accuracy is measured on pairs built from test problems
-    rlvr_steps: int = 16           # 8 prompts x 8 samples per step: the schedule ends near the cap
-    rlvr_prompts_per_step: int = 8
-    rlvr_minibatches: int = 2      # optimiser steps per rollout, 4 groups each: 20 min +10.2 points (one: +7.0)
-    rlvr_temperature: float = 0.7  # a 135M model's T=1 samples solve far fewer problems than its greedy answers
-    rlvr_lr: float = 3e-4          # measured from DPO, 8 x 8, beta 0: 3e-4 +6.3 points, 5e-4 +5.3, 1e-3 (4 x 8) -6.3
-    rlvr_beta: float = 0.0
-    rlvr_minutes: float = 10.0     # wall-time cap of the RLVR stage (a stopped run can be continued)
-    max_new_tokens: int = 96       # responses to 1-2-step problems take 30-70 tokens
+def _recipe(recipe: Recipe | None) -> Recipe:
+    return recipe if recipe is not None else load_recipe()
 
 
-FULL = RecipeSettings()
-SMOKE = RecipeSettings(n_train=64, n_test=16, n_test_instruct=8, sft_steps=2, dpo_steps=2, dpo_heldout_pairs=8, rlvr_steps=2,
-                       rlvr_prompts_per_step=2, rlvr_minutes=5.0, max_new_tokens=32)
-
-
-def settings(smoke: bool | None = None) -> RecipeSettings:
-    return SMOKE if (paths.smoke() if smoke is None else smoke) else FULL
-
-
-def configure(**changes: Any) -> RecipeSettings:
-    """Change the full recipe's settings in this process, e.g. ``configure(rlvr_minutes=20, rlvr_steps=32)``;
-    a stage whose settings (or an upstream stage's) changed is retrained when next run."""
-    global FULL
-    FULL = replace(FULL, **changes)
-    return FULL
-
-
-def stage_dir(stage: str, smoke: bool | None = None) -> Path:
-    """``runs/recipe/<stage>`` (``runs/smoke/<stage>`` in smoke mode)."""
-    return paths.runs_dir() / ("smoke" if (paths.smoke() if smoke is None else smoke) else "recipe") / stage
-
-
-def _stage_settings(stage: str, smoke: bool | None) -> dict[str, Any]:
-    """The settings a stage's checkpoint depends on: the data split, its own and its upstream stages'."""
-    from tulu_lab.config import LoraSettings
-
-    upstream = {"sft": ("sft_",), "dpo": ("sft_", "dpo_"), "rlvr": ("sft_", "dpo_", "rlvr_", "max_new_tokens")}[stage]
-    values = asdict(settings(smoke))
-    chosen = {k: v for k, v in values.items()
-              if k in ("seed", "n_train", "n_test") or k.startswith(upstream) and k != "dpo_heldout_pairs"}
-    return {**chosen, "lora": asdict(LoraSettings())}  # every stage trains the presets' adapters
-
-
-def _finished(stage: str, smoke: bool | None) -> Path | None:
-    """The stage's final folder if it was trained with the current recipe settings (else None)."""
-    final = stage_dir(stage, smoke) / "final"
-    marker = stage_dir(stage, smoke) / "recipe.json"
-    if not ((final / "summary.json").is_file() and (final / "config.json").is_file() and marker.is_file()):
-        return None
-    return final if json.loads(marker.read_text()) == _stage_settings(stage, smoke) else None
-
-
-def _may_resume(stage: str, smoke: bool | None) -> bool:
-    """Whether the stage may resume from the checkpoints in its folder: only those of a run started with
-    the same settings (a run with other settings starts afresh, and its trainer removes them)."""
-    folder = stage_dir(stage, smoke)
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / "started.json"
-    same = marker.is_file() and json.loads(marker.read_text()) == _stage_settings(stage, smoke)
-    marker.write_text(json.dumps(_stage_settings(stage, smoke), indent=2))
-    return same
-
-
-def _mark_finished(stage: str, smoke: bool | None, seconds: float) -> None:
-    """Record the settings the stage was trained with and how long it took; earlier held-out results
-    are now stale."""
-    for stale in ("heldout.json", "heldout_preference.json"):
-        (stage_dir(stage, smoke) / stale).unlink(missing_ok=True)
-    (stage_dir(stage, smoke) / "recipe.json").write_text(json.dumps(_stage_settings(stage, smoke), indent=2))
-    (stage_dir(stage, smoke) / "wall_time.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
+def recipe_runs_dir(recipe: Recipe | None = None) -> Path:
+    """``runs/<recipe.name>``: every run of the recipe."""
+    return paths.runs_dir() / _recipe(recipe).name
 
 
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
 
-def embedded_data(smoke: bool | None = None) -> dict[str, list]:
+def embedded_data(recipe: Recipe | None = None) -> dict[str, list]:
     """Training and held-out rows for every stage, from one seeded split (deterministic)."""
     from tulu_lab.data import make_splits, preference_row, rlvr_row, sft_row
 
-    s = settings(smoke)
-    train, test = make_splits(s.n_train, s.n_test, seed=s.seed)
+    r = _recipe(recipe)
+    train, test = make_splits(r.n_train, r.n_test, seed=r.seed)
     third = len(train) // 3
     # Disjoint thirds: SFT demonstrations, DPO pairs and RLVR prompts each see problems of their own.
     return {
         "train_problems": train, "test_problems": test,
         "sft": [sft_row(p) for p in train[:third]],
-        "dpo": [preference_row(p, seed=s.seed) for p in train[third:2 * third]],
+        "dpo": [preference_row(p, seed=r.seed) for p in train[third:2 * third]],
         "rlvr": [rlvr_row(p) for p in train[2 * third:]],
         "test_rlvr": [rlvr_row(p) for p in test],
-        "test_pairs": [preference_row(p, seed=s.seed + 1) for p in test[:s.dpo_heldout_pairs]],
+        "test_pairs": [preference_row(p, seed=r.seed + 1) for p in test[:r.dpo_heldout_pairs]],
     }
 
 
-def read_metrics(stage: str, smoke: bool | None = None):
-    """The stage's per-step training metrics (``runs/recipe/<stage>/metrics.jsonl``) as a DataFrame."""
+# ----------------------------------------------------------------------------------------------
+# Runs: identity, folder, status
+# ----------------------------------------------------------------------------------------------
+
+class StagePlan:
+    """One stage's run of a recipe, before or after training: config, identity, folder."""
+
+    def __init__(self, recipe: Recipe, stage: str, overrides: dict[str, Any], start: str | Path, repeat: int,
+                 data: dict[str, list]):
+        from tulu_lab.training import data_fingerprint, fingerprint, run_identity
+
+        self.recipe, self.stage = recipe, stage
+        self.cfg = recipe.with_stage(stage, **overrides).stage(stage) if overrides else recipe.stage(stage)
+        self.parent = start
+        # the starting weights: the parent run's fingerprint (or the base model's name), loaded in the recipe's dtype
+        start_id = f"run:{start.fingerprint}" if isinstance(start, StagePlan) else f"model:{start}"
+        settings = {"dtype": recipe.dtype}
+        if stage == "rlvr":
+            settings["minutes"] = recipe.rlvr_minutes
+        if repeat:
+            settings["repeat"] = repeat
+        self.start = f"{start_id}|" + "|".join(f"{k}={v}" for k, v in sorted(settings.items()))
+        self.rows = data[stage]
+        self.identity = run_identity(self.cfg, start=self.start, data=data_fingerprint(self.rows),
+                                     **({"eval_data": None} if stage == "rlvr" else {}))
+        self.fingerprint = fingerprint(self.identity)
+        self.folder = recipe_runs_dir(recipe) / f"{stage}-{self.fingerprint[:12]}"
+
+    @property
+    def finished(self) -> bool:
+        from tulu_lab.training import read_run
+
+        record = read_run(self.folder)
+        done = ("finished", "stopped") if self.stage == "rlvr" else ("finished",)  # stopped: at the wall-time cap
+        return (record is not None and record.get("fingerprint") == self.fingerprint
+                and record.get("status") in done and (self.folder / "final" / "config.json").is_file())
+
+
+def _plan(stage: str, recipe: Recipe, *, start: str | None = None, repeat: int = 0, data=None,
+          **overrides: Any) -> StagePlan:
+    """The run a stage function would train (or return): its parent is the baseline of the stage before."""
+    data = data or embedded_data(recipe)
+    if stage == "rlvr":
+        parent_stage = start or "dpo"
+        if parent_stage not in ("sft", "dpo"):
+            raise ValueError(f"start must be 'sft' or 'dpo', got {start!r}")
+    else:
+        if start is not None:
+            raise ValueError(f"start= applies to RLVR only; {stage} starts from {UPSTREAM[stage]}")
+        parent_stage = UPSTREAM[stage]
+    parent: Any = recipe.model if parent_stage == "instruct" else _plan(parent_stage, recipe, data=data)
+    return StagePlan(recipe, stage, overrides, parent, repeat, data)
+
+
+def stage_dir(stage: str, recipe: Recipe | None = None) -> Path:
+    """The folder of the recipe's baseline run of ``stage`` (trained or not); "instruct" is the
+    untrained model's folder (its held-out scores) and "sweep" the ablation's."""
+    recipe = _recipe(recipe)
+    if stage == "instruct":
+        from tulu_lab.training import fingerprint
+        return recipe_runs_dir(recipe) / f"instruct-{fingerprint([recipe.model, recipe.dtype])[:12]}"
+    if stage == "sweep":
+        return _sweep_dir(recipe)
+    return _plan(stage, recipe).folder
+
+
+def _run_folder(stage_or_run: str | Path, recipe: Recipe) -> Path:
+    """A stage name (its baseline run) or a run folder (any run, e.g. a variant's) -> the run folder."""
+    if isinstance(stage_or_run, str) and stage_or_run in STAGES:
+        return stage_dir(stage_or_run, recipe)
+    folder = Path(stage_or_run)
+    if folder.name == "final":
+        folder = folder.parent
+    return folder
+
+
+def _finished_final(stage_or_run: str | Path, recipe: Recipe) -> Path | None:
+    from tulu_lab.training import read_run
+
+    if isinstance(stage_or_run, str) and stage_or_run in TRAINED_STAGES:
+        plan = _plan(stage_or_run, recipe)
+        return plan.folder / "final" if plan.finished else None
+    folder = _run_folder(stage_or_run, recipe)
+    record = read_run(folder)
+    if record and record.get("status") in ("finished", "stopped") and (folder / "final" / "config.json").is_file():
+        return folder / "final"
+    return None
+
+
+def read_metrics(stage_or_run: str | Path = "sft", recipe: Recipe | None = None):
+    """A run's per-step training metrics (``<run>/metrics.jsonl``) as a DataFrame."""
     import pandas as pd
 
-    path = stage_dir(stage, smoke) / "metrics.jsonl"
+    path = _run_folder(stage_or_run, _recipe(recipe)) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics for stage {stage!r} at {path}: run pipeline.run_{stage}() first")
+        raise FileNotFoundError(f"no metrics for {stage_or_run!r} at {path}: run pipeline.run_{stage_or_run}() first")
     return pd.read_json(path, lines=True)
 
 
-def load_stage(stage: str, smoke: bool | None = None, **kwargs):
-    """(model, tokenizer) of a stage ("instruct" is the untouched embedded model), Tülu template installed."""
+def run_record(stage_or_run: str | Path, recipe: Recipe | None = None) -> dict[str, Any] | None:
+    """The run's ``run.json`` (fingerprint, resolved identity, status, step, wall time, final metrics)."""
+    from tulu_lab.training import read_run
+
+    return read_run(_run_folder(stage_or_run, _recipe(recipe)))
+
+
+def load_stage(stage_or_run: str | Path, recipe: Recipe | None = None, **kwargs):
+    """(model, tokenizer) of a stage's baseline run or of a run folder ("instruct" is the untouched
+    base model), in the recipe's dtype, Tülu template installed."""
     from tulu_lab.chat import install_tulu_template
     from tulu_lab.models import load_model
 
-    if stage == "instruct":
-        model, tokenizer = load_model(BASE_MODEL, **kwargs)
+    recipe = _recipe(recipe)
+    kwargs.setdefault("dtype", recipe.dtype)
+    if stage_or_run == "instruct":
+        model, tokenizer = load_model(recipe.model, **kwargs)
     else:
-        final = _finished(stage, smoke)
+        final = _finished_final(stage_or_run, recipe)
         if final is None:
-            raise FileNotFoundError(f"stage {stage!r} has not been run yet: no {stage_dir(stage, smoke) / 'final'} "
-                                    f"(run pipeline.run_{stage}() or its notebook first)")
+            raise FileNotFoundError(f"stage {str(stage_or_run)!r} has not been run yet: no finished run at "
+                                    f"{_run_folder(stage_or_run, recipe)} (run pipeline.run_<stage>() or its "
+                                    f"notebook first)")
         model, tokenizer = load_model(final, **kwargs)
     install_tulu_template(tokenizer)
     return model, tokenizer
@@ -177,91 +203,89 @@ def load_stage(stage: str, smoke: bool | None = None, **kwargs):
 # Stages
 # ----------------------------------------------------------------------------------------------
 
-def run_sft(smoke: bool | None = None, force: bool = False, **overrides: Any) -> Path:
-    """LoRA SFT of the instruct model on worked solutions (CPU preset); returns the merged final folder."""
-    from tulu_lab.config import SFTConfig
-    from tulu_lab.sft import train_sft
+def _next_repeat(stage: str, recipe: Recipe, start: str | None, data, overrides: dict[str, Any]) -> int:
+    """``force``: the first repeat index with no finished run (repeat 0 is the run itself)."""
+    repeat = 1
+    while _plan(stage, recipe, start=start, repeat=repeat, data=data, **overrides).finished:
+        repeat += 1
+    return repeat
 
-    if not force and (done := _finished("sft", smoke)):
-        return done
-    s = settings(smoke)
-    values = dict(output_dir=str(stage_dir("sft", smoke)), max_steps=s.sft_steps, seed=s.seed,
-                  learning_rate=s.sft_lr, checkpoint_every=max(1, s.sft_steps // 5))
-    cfg = SFTConfig.cpu_preset(**{**values, **overrides})
-    started = time.perf_counter()
-    model, tokenizer = load_stage("instruct", smoke)
-    summary = train_sft(cfg, model, tokenizer, embedded_data(smoke)["sft"], resume=_may_resume("sft", smoke))
-    _mark_finished("sft", smoke, time.perf_counter() - started)
+
+def _run_stage(stage: str, recipe: Recipe | None, force: bool, start: str | None, overrides: dict[str, Any]) -> Path:
+    import dataclasses
+
+    recipe = _recipe(recipe)
+    data = embedded_data(recipe)
+    plan = _plan(stage, recipe, start=start, data=data, **overrides)
+    if force:
+        plan = _plan(stage, recipe, start=start, data=data, repeat=_next_repeat(stage, recipe, start, data, overrides),
+                     **overrides)
+    if plan.finished:
+        return plan.folder / "final"
+    parent = plan.parent
+    if isinstance(parent, StagePlan):
+        _run_stage(parent.stage, recipe, False, None, {})  # the parent baseline, trained if missing
+        model, tokenizer = load_stage(parent.folder, recipe)
+    else:
+        model, tokenizer = load_stage("instruct", recipe)
+    cfg = dataclasses.replace(plan.cfg, output_dir=str(plan.folder), log_path="")
+    if stage == "sft":
+        from tulu_lab.sft import train_sft
+        summary = train_sft(cfg, model, tokenizer, plan.rows, start=plan.start)
+    elif stage == "dpo":
+        from tulu_lab.dpo import train_dpo
+        summary = train_dpo(cfg, model, tokenizer, plan.rows, start=plan.start)
+    else:
+        from tulu_lab.rlvr import train_rlvr
+        summary = train_rlvr(cfg, model, tokenizer, plan.rows, start=plan.start,
+                             time_limit_s=60 * recipe.rlvr_minutes)
     return Path(summary["final_dir"])
 
 
-def run_dpo(smoke: bool | None = None, force: bool = False, **overrides: Any) -> Path:
-    """LoRA dpo_norm from the SFT model on synthetic preference pairs; returns the merged final folder."""
-    from tulu_lab.config import DPOConfig
-    from tulu_lab.dpo import train_dpo
+def run_sft(recipe: Recipe | None = None, *, force: bool = False, **overrides: Any) -> Path:
+    """LoRA SFT of the base model on worked solutions; returns the run's merged ``final`` folder.
 
-    if not force and (done := _finished("dpo", smoke)):
-        return done
-    s = settings(smoke)
-    run_sft(smoke)
-    values = dict(output_dir=str(stage_dir("dpo", smoke)), max_steps=s.dpo_steps, seed=s.seed,
-                  learning_rate=s.dpo_lr, checkpoint_every=max(1, s.dpo_steps // 5))
-    cfg = DPOConfig.cpu_preset(**{**values, **overrides})
-    started = time.perf_counter()
-    model, tokenizer = load_stage("sft", smoke)
-    summary = train_dpo(cfg, model, tokenizer, embedded_data(smoke)["dpo"], resume=_may_resume("dpo", smoke))
-    _mark_finished("dpo", smoke, time.perf_counter() - started)
-    return Path(summary["final_dir"])
-
-
-def rlvr_config(smoke: bool | None = None, **overrides: Any):
-    """The RLVR settings of the embedded recipe (GRPO CPU preset, the recipe's length and step budget)."""
-    from tulu_lab.config import RLVRConfig
-
-    s = settings(smoke)
-    values = dict(output_dir=str(stage_dir("rlvr", smoke)), max_steps=s.rlvr_steps, total_episodes=None,
-                  seed=s.seed, beta=s.rlvr_beta, learning_rate=s.rlvr_lr, max_new_tokens=s.max_new_tokens,
-                  prompts_per_step=s.rlvr_prompts_per_step, num_minibatches=s.rlvr_minibatches,
-                  temperature=s.rlvr_temperature, checkpoint_every=max(1, s.rlvr_steps // 6), eval_every=0)
-    values.update(overrides)
-    cfg = RLVRConfig.cpu_preset(**values)
-    if "per_device_batch" not in overrides:  # micro-batches of up to 16 responses that split each minibatch evenly
-        cfg = replace(cfg, per_device_batch=math.gcd(16, cfg.rollout_batch // cfg.num_minibatches))
-    return cfg
-
-
-def run_rlvr(smoke: bool | None = None, force: bool = False, start: str = "dpo", **overrides: Any) -> Path:
-    """GRPO with verifiable rewards from the DPO model (LoRA; reference = adapters disabled).
-
-    Training stops at ``rlvr_steps`` or after ``rlvr_minutes`` of wall time, whichever comes first
-    (the step count reached is in ``final/summary.json``).
+    ``overrides`` change fields of the recipe's SFT config (a variant: a run of its own); ``force``
+    trains a further repeat of the run even when one has finished (a run of its own too).
     """
-    from tulu_lab.rlvr import train_rlvr
-
-    if not force and (done := _finished("rlvr", smoke)):
-        return done
-    {"sft": run_sft, "dpo": run_dpo}[start](smoke)
-    cfg = rlvr_config(smoke, **overrides)
-    started = time.perf_counter()
-    model, tokenizer = load_stage(start, smoke)
-    summary = train_rlvr(cfg, model, tokenizer, embedded_data(smoke)["rlvr"], resume=_may_resume("rlvr", smoke),
-                         time_limit_s=60 * settings(smoke).rlvr_minutes)
-    _mark_finished("rlvr", smoke, time.perf_counter() - started)
-    return Path(summary["final_dir"])
+    return _run_stage("sft", recipe, force, None, overrides)
 
 
-def stage_seconds(smoke: bool | None = None) -> dict[str, float]:
-    """Wall time of each finished stage's last training call (loading included), in seconds."""
+def run_dpo(recipe: Recipe | None = None, *, force: bool = False, **overrides: Any) -> Path:
+    """LoRA dpo_norm from the recipe's SFT run on synthetic preference pairs; returns ``final``."""
+    return _run_stage("dpo", recipe, force, None, overrides)
+
+
+def run_rlvr(recipe: Recipe | None = None, *, force: bool = False, start: str = "dpo", **overrides: Any) -> Path:
+    """GRPO with verifiable rewards from the recipe's DPO run (``start="sft"``: from its SFT run).
+
+    Training stops at the config's ``max_steps`` or after the recipe's ``rlvr_minutes`` of wall time,
+    whichever comes first (the step reached is in ``run.json`` and ``final/summary.json``).
+    """
+    return _run_stage("rlvr", recipe, force, start, overrides)
+
+
+def rlvr_config(recipe: Recipe | None = None, **overrides: Any):
+    """The recipe's RLVR config with ``overrides``, output_dir set to the run's folder."""
+    import dataclasses
+
+    plan = _plan("rlvr", _recipe(recipe), **overrides)
+    return dataclasses.replace(plan.cfg, output_dir=str(plan.folder))
+
+
+def stage_seconds(recipe: Recipe | None = None) -> dict[str, float]:
+    """Wall time of each finished baseline run's last training call, in seconds."""
+    recipe = _recipe(recipe)
     times = {}
-    for stage in STAGES[1:]:
-        path = stage_dir(stage, smoke) / "wall_time.json"
-        if path.is_file():
-            times[stage] = json.loads(path.read_text())["seconds"]
+    for stage in TRAINED_STAGES:
+        record = run_record(stage, recipe)
+        if record and record.get("wall_time_s") is not None:
+            times[stage] = record["wall_time_s"]
     return times
 
 
 # ----------------------------------------------------------------------------------------------
-# Held-out measurements (cached beside each stage's checkpoint)
+# Held-out measurements (cached in each run's folder, keyed on its fingerprint and the settings)
 # ----------------------------------------------------------------------------------------------
 
 def ends_in_answer_format(text: str) -> bool:
@@ -270,62 +294,109 @@ def ends_in_answer_format(text: str) -> bool:
     return bool(lines) and bool(ANSWER_LINE.match(lines[-1].strip()))
 
 
-def heldout_results(stage: str, smoke: bool | None = None, force: bool = False) -> dict[str, Any]:
-    """Greedy answers of ``stage`` on the held-out problems: accuracy, format rate, per-example verdicts."""
+def _weights_key(stage_or_run: str | Path, recipe: Recipe) -> str:
+    """The fingerprint of the weights a measurement is made on."""
+    from tulu_lab.training import fingerprint
+
+    if stage_or_run == "instruct":
+        return "model:" + fingerprint([recipe.model, recipe.dtype])
+    record = run_record(stage_or_run, recipe) or {}
+    # the step too: a run stopped at its wall-time cap and continued later keeps its fingerprint
+    return f"run:{record.get('fingerprint')}@{record.get('step')}"
+
+
+def _cached(path: Path, key: str) -> dict[str, Any] | None:
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    return None
+
+
+def heldout_results(stage_or_run: str | Path, recipe: Recipe | None = None, force: bool = False) -> dict[str, Any]:
+    """Greedy answers of a run (or the base model, "instruct") on the held-out problems: accuracy,
+    format rate, per-example verdicts."""
     from tulu_lab.generate import generate
     from tulu_lab.rewards import verify
+    from tulu_lab.training import data_fingerprint, fingerprint
 
-    cache = stage_dir(stage, smoke) / "heldout.json"
-    s = settings(smoke)
-    rows = embedded_data(smoke)["test_rlvr"]
-    if stage == "instruct":  # the baseline: far from the trained stages, and the slowest to score
-        rows = rows[:s.n_test_instruct]
-    if cache.is_file() and not force:
-        cached = json.loads(cache.read_text())
-        if cached["n"] == len(rows) and cached["max_new_tokens"] == s.max_new_tokens:
-            return cached
-    model, tokenizer = load_stage(stage, smoke)
-    # batches of 64: measured here ~15% faster than 32 (larger matrix products), 128 no faster
-    generations = generate(model, tokenizer, [r["messages"] for r in rows], max_new_tokens=s.max_new_tokens,
-                           temperature=0.0, batch_size=64)
+    recipe = _recipe(recipe)
+    rows = embedded_data(recipe)["test_rlvr"]
+    if stage_or_run == "instruct":  # the baseline: far from the trained stages, and the slowest to score
+        rows = rows[:recipe.n_test_instruct]
+    folder = _run_folder(stage_or_run, recipe)
+    cache = folder / "heldout.json"
+    key = fingerprint({"weights": _weights_key(stage_or_run, recipe), "rows": data_fingerprint(rows),
+                       "max_new_tokens": recipe.heldout_max_new_tokens, "dtype": recipe.dtype, "decoding": "greedy"})
+    if not force and (cached := _cached(cache, key)):
+        return cached
+    model, tokenizer = load_stage(stage_or_run, recipe)
+    generations = generate(model, tokenizer, [r["messages"] for r in rows],
+                           max_new_tokens=recipe.heldout_max_new_tokens, temperature=0.0, batch_size=64)
     correct = [verify(r["dataset"], g.text, r["ground_truth"]) for r, g in zip(rows, generations)]
     formatted = [ends_in_answer_format(g.text) for g in generations]
-    result = {"stage": stage, "n": len(rows), "accuracy": sum(correct) / len(rows),
+    stage = stage_or_run if isinstance(stage_or_run, str) and stage_or_run in STAGES else folder.name
+    result = {"stage": stage, "key": key, "n": len(rows), "accuracy": sum(correct) / len(rows),
               "format_rate": sum(formatted) / len(rows), "correct": correct, "formatted": formatted,
-              "max_new_tokens": s.max_new_tokens, "examples": [g.text for g in generations[:5]]}
-    cache.parent.mkdir(parents=True, exist_ok=True)
+              "max_new_tokens": recipe.heldout_max_new_tokens, "examples": [g.text for g in generations[:5]]}
+    folder.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result))
     return result
 
 
-def heldout_preference_accuracy(stage: str = "dpo", smoke: bool | None = None) -> float:
-    """Held-out DPO preference accuracy (implicit reward margin > 0; reference = the SFT model)."""
-    from tulu_lab.config import DPOConfig
+def heldout_preference_accuracy(stage_or_run: str | Path = "dpo", recipe: Recipe | None = None) -> float:
+    """Held-out DPO preference accuracy of a DPO run (implicit reward margin > 0; the reference is the
+    run it started from: its adapters disabled)."""
     from tulu_lab.dpo import preference_accuracy
     from tulu_lab.models import load_model
+    from tulu_lab.training import data_fingerprint, fingerprint
 
-    cache = stage_dir(stage, smoke) / "heldout_preference.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())["accuracy"]
-    cfg = DPOConfig.cpu_preset()
-    # The SFT model with the DPO adapters on top: adapters disabled, it is exactly the DPO reference.
-    policy, tokenizer = load_model(_finished("sft", smoke), lora=str(stage_dir(stage, smoke) / "final" / "adapter"))
-    accuracy = preference_accuracy(policy, tokenizer, embedded_data(smoke)["test_pairs"], beta=cfg.beta,
-                                   loss_type=cfg.loss_type, max_seq_len=cfg.max_seq_len)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"stage": stage, "accuracy": accuracy}))
+    recipe = _recipe(recipe)
+    folder = _run_folder(stage_or_run, recipe)
+    record = run_record(folder, recipe)
+    if record is None or record.get("status") != "finished" or record["identity"]["stage"] != "dpo":
+        raise FileNotFoundError(f"no finished DPO run at {folder}")
+    pairs = embedded_data(recipe)["test_pairs"]
+    cfg = type(recipe.dpo).from_dict(record["identity"]["config"])
+    key = fingerprint({"weights": f"run:{record['fingerprint']}@{record.get('step')}",
+                       "pairs": data_fingerprint(pairs), "dtype": recipe.dtype})
+    cache = folder / "heldout_preference.json"
+    if cached := _cached(cache, key):
+        return cached["accuracy"]
+    # The start model with the DPO adapters on top: adapters disabled, it is exactly the DPO reference.
+    policy, tokenizer = load_model(_start_folder(record, recipe), dtype=recipe.dtype,
+                                   lora=str(folder / "final" / "adapter"), verbose=False)
+    accuracy = preference_accuracy(policy, tokenizer, pairs, beta=cfg.beta, loss_type=cfg.loss_type,
+                                   max_seq_len=cfg.max_seq_len)
+    cache.write_text(json.dumps({"run": folder.name, "key": key, "accuracy": accuracy}))
     return accuracy
 
 
-def heldout_table(stages=STAGES, smoke: bool | None = None):
-    """Accuracy and answer-format rate per stage on the held-out problems, as a tidy DataFrame."""
+def _start_folder(record: dict[str, Any], recipe: Recipe) -> Path:
+    """The ``final`` folder of the run another run started from (its fingerprint is in the record)."""
+    from tulu_lab.training import read_run
+
+    start = record["identity"]["start"].split("|")[0]
+    if not start.startswith("run:"):
+        raise FileNotFoundError(f"the run started from {start}, not from a run of this recipe")
+    wanted = start[len("run:"):]
+    for folder in sorted(recipe_runs_dir(recipe).iterdir()):
+        found = read_run(folder) if folder.is_dir() else None
+        if found is not None and found.get("fingerprint") == wanted:
+            return folder / "final"
+    raise FileNotFoundError(f"the run {wanted} this run started from is not under {recipe_runs_dir(recipe)}")
+
+
+def heldout_table(stages=STAGES, recipe: Recipe | None = None):
+    """Accuracy and answer-format rate per stage's baseline run on the held-out problems, as a tidy DataFrame."""
     import pandas as pd
 
+    recipe = _recipe(recipe)
     rows = []
     for stage in stages:
-        if stage != "instruct" and _finished(stage, smoke) is None:
+        if stage != "instruct" and _finished_final(stage, recipe) is None:
             continue
-        r = heldout_results(stage, smoke)
+        r = heldout_results(stage, recipe)
         for metric in ("accuracy", "format_rate"):
             rows.append({"model": "SmolLM2-135M (embedded)", "stage": stage, "benchmark": "synthetic GSM (held-out)",
                          "metric": metric, "value": r[metric], "n": r["n"],
@@ -333,11 +404,12 @@ def heldout_table(stages=STAGES, smoke: bool | None = None):
     return pd.DataFrame(rows)
 
 
-def rlvr_gain(before: str = "dpo", after: str = "rlvr", smoke: bool | None = None) -> dict[str, Any]:
+def rlvr_gain(before: str | Path = "dpo", after: str | Path = "rlvr", recipe: Recipe | None = None) -> dict[str, Any]:
     """Held-out accuracy before and after RLVR with McNemar's exact test on the paired verdicts."""
     from tulu_lab.stats import discordant_counts, mcnemar
 
-    a, b = heldout_results(before, smoke), heldout_results(after, smoke)
+    recipe = _recipe(recipe)
+    a, b = heldout_results(before, recipe), heldout_results(after, recipe)
     only_before, only_after = discordant_counts(a["correct"], b["correct"])
     return {"before": a["accuracy"], "after": b["accuracy"], "gain_points": 100 * (b["accuracy"] - a["accuracy"]),
             "n": a["n"], "only_before": only_before, "only_after": only_after,
@@ -348,70 +420,84 @@ def rlvr_gain(before: str = "dpo", after: str = "rlvr", smoke: bool | None = Non
 # The beta x seed ablation and the stage evaluations
 # ----------------------------------------------------------------------------------------------
 
-ABLATION_BETAS = (0.0, 0.04, 0.2)
-ABLATION_SEEDS = (1, 2)
-ABLATION_STEPS = 3        # per cell, 2 prompts x 8 samples: about 1.5 minutes with its evaluation on 2 CPU cores
-ABLATION_EVAL = 60        # held-out problems scored at the end of each cell
+def _ablation_base(recipe: Recipe, steps: int):
+    import dataclasses
+
+    # eval_every = steps: held-out accuracy once, at the end of each cell
+    return dataclasses.replace(recipe.rlvr, max_steps=steps, checkpoint_every=1, eval_every=steps,
+                               prompts_per_step=2, per_device_batch=min(recipe.rlvr.per_device_batch, 8))
 
 
-def run_ablation(smoke: bool | None = None, betas=ABLATION_BETAS, seeds=ABLATION_SEEDS, steps: int | None = None):
-    """RLVR from the DPO model for every beta x seed (run_sweep: resumable, finished cells skipped).
+def _ablation_steps(recipe: Recipe, steps: int | None) -> int:
+    return steps or (2 if recipe.rlvr.max_steps <= 2 else ABLATION_STEPS)
+
+
+def _sweep_dir(recipe: Recipe, steps: int | None = None) -> Path:
+    """The ablation's folder, keyed on its base config and the DPO run it starts from."""
+    from tulu_lab.training import fingerprint
+
+    base = _ablation_base(recipe, _ablation_steps(recipe, steps))
+    key = fingerprint({"base": base.to_dict(), "start": _plan("dpo", recipe).fingerprint,
+                       "eval": min(ABLATION_EVAL, recipe.n_test)})
+    return recipe_runs_dir(recipe) / f"sweep-{key[:12]}"
+
+
+def run_ablation(recipe: Recipe | None = None, betas=ABLATION_BETAS, seeds=ABLATION_SEEDS, steps: int | None = None):
+    """RLVR from the recipe's DPO run for every beta x seed (run_sweep: each cell a run, resumable,
+    finished cells skipped).
 
     Each cell is a short run (``ABLATION_STEPS`` steps of 2 prompts x 8 samples) that ends with
     held-out accuracy on the first ``ABLATION_EVAL`` test problems. Returns the sweep's tidy table
-    (also ``runs/recipe/sweep/results.csv``). ``make reproduce`` runs one seed; the full 3 x 2 grid
-    is ``benchmarks/recipe_embedded.py --sweep``.
+    (also ``<sweep folder>/results.csv``).
     """
     from tulu_lab.sweep import run_sweep
 
-    smoke_on = paths.smoke() if smoke is None else smoke
-    s = settings(smoke)
-    steps = steps or (2 if smoke_on else ABLATION_STEPS)
-    dpo_dir = run_dpo(smoke)
-    data = embedded_data(smoke)
-    # eval_every = steps: held-out accuracy once, at the end of each cell
-    base = rlvr_config(smoke, max_steps=steps, checkpoint_every=1, eval_every=steps, prompts_per_step=2)
+    recipe = _recipe(recipe)
+    steps = _ablation_steps(recipe, steps)
+    dpo_dir = run_dpo(recipe)
+    data = embedded_data(recipe)
 
     def loader(source):
         from tulu_lab.chat import install_tulu_template
         from tulu_lab.models import load_model
-        model, tokenizer = load_model(source, verbose=False)
+        model, tokenizer = load_model(source, dtype=recipe.dtype, verbose=False)
         install_tulu_template(tokenizer)
         return model, tokenizer
 
-    return run_sweep(base, {"beta": list(betas)}, seeds=list(seeds), data=data["rlvr"],
-                     eval_data=data["test_rlvr"][: min(ABLATION_EVAL, s.n_test)], model_loader=loader,
-                     model=str(dpo_dir), output_dir=stage_dir("sweep", smoke))
+    return run_sweep(_ablation_base(recipe, steps), {"beta": list(betas)}, seeds=list(seeds), data=data["rlvr"],
+                     eval_data=data["test_rlvr"][: min(ABLATION_EVAL, recipe.n_test)], model_loader=loader,
+                     model=str(dpo_dir), output_dir=_sweep_dir(recipe, steps))
 
 
-def evaluate_stages(benchmarks=("gsm8k", "ifeval"), data_dir: str | Path | None = None, smoke: bool | None = None,
-                    stages=("sft", "dpo", "rlvr"), limit: int = 20):
-    """The workbench's benchmark evaluation of the finished stages (results cached in runs/eval/).
+def evaluate_stages(benchmarks=("gsm8k", "ifeval"), data_dir: str | Path | None = None, recipe: Recipe | None = None,
+                    stages=("sft", "dpo", "rlvr"), limit: int = 20, smoke: bool | None = None):
+    """The workbench's benchmark evaluation of the finished baseline runs (cached in each run's ``eval/``).
 
     The stages the paper reports (SFT, DPO, final RLVR; add "instruct" for the untrained model). CPU
     budgets: GSM8K 8-shot CoT with 192 new tokens on the first ``limit`` (20) test problems, IFEval
     with 256 new tokens on the first ``limit`` prompts (smoke: 4 examples, 16 tokens), all of them
-    decoded as one batch (the GSM8K exemplars computed once); about 1.3 minutes per stage on 2 CPU
-    cores. ``data_dir`` holds ``gsm8k/test.jsonl`` and ``ifeval/input_data.jsonl``; without it the
-    test sets shipped with the package are used.
+    decoded as one batch. ``data_dir`` holds ``gsm8k/test.jsonl`` and ``ifeval/input_data.jsonl``;
+    without it the test sets shipped with the package are used.
     """
     import pandas as pd
 
     from tulu_lab.evaluate import evaluate
 
+    recipe = _recipe(recipe)
     smoke_on = paths.smoke() if smoke is None else smoke
     files = {"gsm8k": "gsm8k/test.jsonl", "ifeval": "ifeval/input_data.jsonl", "math": "math/test.jsonl"}
     budgets = {"gsm8k": 192, "ifeval": 256, "math": 384}
     frames = []
     for stage in stages:
-        if stage != "instruct" and _finished(stage, smoke) is None:
+        if stage != "instruct" and _finished_final(stage, recipe) is None:
             continue
-        model, tokenizer = load_stage(stage, smoke, verbose=False)
+        model, tokenizer = load_stage(stage, recipe, verbose=False)
         for benchmark in benchmarks:
             data = Path(data_dir) / files[benchmark] if data_dir is not None else None
             frames.append(evaluate(model, tokenizer, benchmark, data=data, limit=4 if smoke_on else limit,
                                    max_new_tokens=16 if smoke_on else budgets[benchmark],
                                    stage="base" if stage == "instruct" else stage, model_name="SmolLM2-135M",
-                                   batch_size=min(limit, 32), output_dir=paths.runs_dir() / "eval", progress=True))
+                                   batch_size=min(limit, 32), output_dir=stage_dir(stage, recipe) / "eval",
+                                   progress=True))
         del model
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -65,7 +65,6 @@ import dataclasses
 import json
 import math
 import random
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pad_sequence
 
 from tulu_lab.config import RLVRConfig
-from tulu_lab.generate import check_threads, fastest_threads, format_prompt, generate, num_threads
+from tulu_lab.generate import format_prompt, generate
 from tulu_lab.losses import (
     IGNORE_INDEX,
     gae,
@@ -93,21 +92,15 @@ from tulu_lab.losses import (
 )
 from tulu_lab.models import bf16_is_fast
 from tulu_lab.training import (
-    MetricsLog,
+    Stage,
     StepTimer,
+    TrainingRun,
     autocast,
-    check_model_matches,
-    check_processes,
+    data_fingerprint,
     make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    prepare_trainable,
-    remove_checkpoints,
-    resume_or_start,
-    save_checkpoint,
-    save_final,
-    seed_everything,
-    seed_step,
+    run_identity,
+    run_training,
+    start_identity,
 )
 
 RewardModel = Callable[[list[str], list[str]], list[float]]
@@ -135,12 +128,12 @@ class World:
         return self.rank == 0
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The sum of ``tensor`` over every process (a copy; the input is left alone)."""
+        """The sum of ``tensor`` over every process (a copy; the input is left alone), through accelerate."""
         tensor = tensor.detach().clone()
         if self.size > 1:
-            import torch.distributed as dist
+            from accelerate.utils import reduce
 
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            tensor = reduce(tensor, reduction="sum")
         return tensor
 
 
@@ -667,17 +660,15 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
 
 
 def rollout(cfg: RLVRConfig, model, tokenizer, rows: list[dict], prompt_texts: list[str], *, seed: int,
-            reward_model: RewardModel | None = None, global_offset: int = 0,
-            threads: int | str | None = None) -> tuple[RolloutBatch, dict]:
-    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts.
-    ``threads`` is passed to :func:`tulu_lab.generate.generate` (None, an int or "auto")."""
+            reward_model: RewardModel | None = None, global_offset: int = 0) -> tuple[RolloutBatch, dict]:
+    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts."""
     device = next(model.parameters()).device
     k = cfg.samples_per_prompt
     with autocast(cfg, device):
         generations = generate(model, tokenizer, prompt_texts, max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, num_samples=k, seed=seed,
                                batch_size=min(MAX_GENERATION_BATCH, max(len(prompt_texts) * k, 1)),
-                               progress=False, threads=threads)
+                               progress=False)
     correct = [_verify(rows[g.prompt_index], g.text) for g in generations]
     stopped = [g.stopped for g in generations]
     base_score = None
@@ -732,14 +723,117 @@ def evaluate_accuracy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens:
 
 
 # ----------------------------------------------------------------------------------------------
-# The training loop
+# The stage: rollout, reward, score pass, advantages, update
+# ----------------------------------------------------------------------------------------------
+
+
+class RLVRStage(Stage):
+    """Per rollout step: 1. rollout and 2. reward of this process's prompts, 3. the score pass,
+    4. advantages, 5. ``ppo_epochs`` x ``num_minibatches`` optimiser steps (gradients summed over
+    processes by :func:`rlvr_update`, so the model is not wrapped); the schedule advances once."""
+
+    name = "rlvr"
+    wrap_model = False
+    checkpoint_at_end = True
+
+    def __init__(self, cfg: RLVRConfig, tokenizer, rows, prompt_texts, usable, eval_rows, reward_model,
+                 world: World):
+        super().__init__(cfg, cfg.num_steps)
+        self.tokenizer, self.rows, self.prompt_texts, self.usable = tokenizer, rows, prompt_texts, usable
+        self.eval_rows, self.reward_model, self.world = eval_rows, reward_model, world
+        self.value_head = self.ref_model = None
+        self.eval_accuracy = None
+        self.history: list[dict] = []
+
+    def prepare_model(self, model, run: TrainingRun):
+        cfg = self.cfg
+        if cfg.precision != "fp32" and not bf16_is_fast(run.device):
+            warnings.warn(f"train_rlvr: precision {cfg.precision!r} asked for, but {run.device} has no native "
+                          f"bf16 (emulated bf16 matmuls run far slower than float32): computing in float32")
+            self.cfg = dataclasses.replace(cfg, precision="fp32")
+            if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+                model = model.float()
+        return model
+
+    def extra_modules(self, model, run: TrainingRun) -> dict[str, nn.Module]:
+        if self.cfg.beta > 0 and not hasattr(model, "disable_adapter"):
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # full fine-tuning: a frozen copy
+        if self.cfg.algorithm != "ppo":
+            return {}
+        self.value_head = make_value_head(model)
+        return {"value_head": self.value_head}
+
+    def before_resume(self, run: TrainingRun) -> None:
+        if len(self.usable) < len(self.rows) and run.is_main:
+            print(f"[tulu_lab] dropped {len(self.rows) - len(self.usable)} prompts longer than "
+                  f"{self.cfg.max_prompt_len} tokens", flush=True)
+        if self.value_head is not None and self.cfg.value_model_init and run.is_main:
+            print(f"[tulu_lab] value head: zero-initialised linear head on the policy "
+                  f"(not {self.cfg.value_model_init})", flush=True)
+
+    def step(self, run: TrainingRun, step: int, learning_rate: float) -> dict[str, Any]:
+        cfg, model, world = self.cfg, run.model, self.world
+        timer = StepTimer()
+        local_prompts = cfg.prompts_per_step // world.size
+        # ---- 1. rollout + 2. reward ----
+        step_rows = _step_prompt_indices(len(self.usable), cfg.prompts_per_step, step, cfg.seed)
+        mine = [self.usable[i] for i in step_rows[world.rank * local_prompts:(world.rank + 1) * local_prompts]]
+        batch, info = rollout(cfg, model, self.tokenizer, [self.rows[i] for i in mine],
+                              [self.prompt_texts[i] for i in mine], seed=_derived_seed(cfg.seed, step, world.rank),
+                              reward_model=self.reward_model,
+                              global_offset=world.rank * local_prompts * cfg.samples_per_prompt)
+        generate_time = timer.lap()
+        # ---- 3. score pass + 4. advantages ----
+        score_rollout(cfg, model, batch, value_head=self.value_head, ref_model=self.ref_model)
+        compute_advantages(cfg, batch, world)
+        # ---- 5. update ----
+        stats = rlvr_update(cfg, model, run.optimizer, batch, value_head=self.value_head, step=step, world=world,
+                            params=run.params)
+        run.scheduler.step()
+        update_time = timer.lap()
+        record = _step_record(cfg, step, batch, info, stats, world, learning_rate)
+        record.update({"time/generate": generate_time, "time/update": update_time,
+                       "step_time": generate_time + update_time})
+        return record
+
+    def after_step(self, run: TrainingRun, step: int, record: dict[str, Any], last: bool) -> None:
+        cfg = self.cfg
+        if self.eval_rows is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
+            self.eval_accuracy = _distributed_accuracy(run.model, self.tokenizer, self.eval_rows, cfg, self.world)
+            record["eval/accuracy"] = self.eval_accuracy
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"reward": f"{record['reward']:.2f}", "acc": f"{record['accuracy']:.2f}",
+                "kl": f"{record['kl']:.3f}" if record["kl"] is not None else "-",
+                "len": f"{record['completions/mean_length']:.0f}"}
+
+    def summary(self, run: TrainingRun, steps_done: int, last_record: dict[str, Any]) -> dict[str, Any]:
+        history = run.log.read() if run.is_main else []
+        self.history = history
+        eval_accuracy = self.eval_accuracy
+        if eval_accuracy is None and history:
+            evals = [r["eval/accuracy"] for r in history if r.get("eval/accuracy") is not None]
+            eval_accuracy = evals[-1] if evals else None
+        self.eval_accuracy = eval_accuracy
+        return {"episodes": steps_done * self.cfg.rollout_batch, "final": history[-1] if history else {},
+                "eval_accuracy": eval_accuracy}
+
+    def after_final(self, run: TrainingRun, final_dir: Path) -> None:
+        if self.value_head is not None:
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
+                      str(final_dir / "value_head.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
 # ----------------------------------------------------------------------------------------------
 
 
 def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_data: Sequence[dict] | None = None,
                reward_model: RewardModel | None = None, resume: bool = True, progress: bool = True,
                save_merged: bool = True, time_limit_s: float | None = None,
-               threads: int | str | None = None) -> dict[str, Any]:
+               start: str | None = None) -> dict[str, Any]:
     """Train ``model`` with RLVR (``cfg.algorithm``: "ppo" Tülu 3, "grpo" Tülu 3.1).
 
     Args:
@@ -754,17 +848,15 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         reward_model: optional ``(prompts, responses) -> list[float]``; its scores x
             ``cfg.reward_model_weight`` are added to the verifiable reward (needs a weight > 0).
         resume: continue from the newest checkpoint in ``cfg.output_dir``; False starts afresh and
-            deletes that folder's old checkpoints.
+            deletes this run's old checkpoints there. A folder holding a run of other settings is
+            refused with ``RunMismatchError`` (see ``training.begin_run``).
         progress: a tqdm bar over steps (process 0 only).
         save_merged: also write the merged model into ``output_dir/final`` (adapters are always saved).
         time_limit_s: stop before ``cfg.num_steps`` where one more step, as long as the last one, would
             end past this many seconds of this call (at least one step runs); a checkpoint is written
             there, so a later call can continue. The schedule still spans ``cfg.num_steps``.
-        threads: intra-op threads per phase. None keeps torch's setting; an int sets it; "auto" picks,
-            each step, the fastest count up to torch's setting for the decode and for the score pass and
-            update separately (a quick matmul of each phase's shape, ``tulu_lab.generate.fastest_threads``):
-            on a shared machine multi-threaded kernels wait for descheduled threads and one thread can be
-            several times faster. "auto" can change float rounding between runs (thread counts differ).
+        start: the identity of the starting weights (``training.source_fingerprint`` of their
+            folder); default: a hash of the weights and the tokenizer.
 
     Returns:
         ``{"output_dir", "final_dir", "steps" (completed), "episodes", "stopped_early", "metrics" (every
@@ -773,15 +865,12 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
         Metrics go to
         ``cfg.metrics_path`` as JSONL, one line per step.
     """
-    from tqdm.auto import tqdm
-
     cfg = dataclasses.replace(cfg)  # re-runs the config validation (fields may have been set after creation)
     rows = check_rlvr_rows(data, "data")
     eval_rows = check_rlvr_rows(eval_data, "eval_data") if eval_data is not None else None
     if reward_model is not None and cfg.reward_model_weight == 0:
         raise ValueError("train_rlvr: a reward_model was given but cfg.reward_model_weight is 0; "
                          "set reward_model_weight > 0 (the paper's ablation) or drop the reward model")
-    check_threads(threads, "train_rlvr")
     if reward_model is None and cfg.reward_model_weight > 0:
         raise ValueError(f"train_rlvr: cfg.reward_model_weight is {cfg.reward_model_weight} but no reward_model was given")
 
@@ -791,132 +880,21 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     usable = [i for i, n in enumerate(prompt_lens) if n <= cfg.max_prompt_len]
     if not usable:
         raise ValueError(f"train_rlvr: every prompt is longer than max_prompt_len = {cfg.max_prompt_len} tokens")
-
+    identity = run_identity(cfg, start=start_identity(start, model, tokenizer), data=data_fingerprint(rows),
+                            eval_data=data_fingerprint(eval_rows) if eval_rows is not None else None)
     accelerator = make_accelerator(cfg)
-    check_processes(cfg, accelerator)
-    check_model_matches(cfg, model)
     world = World.from_accelerator(accelerator)
     if cfg.prompts_per_step % world.size:
         raise ValueError(f"train_rlvr: prompts_per_step = {cfg.prompts_per_step} is not divisible by the "
                          f"{world.size} processes (each process samples whole groups)")
-    seed_everything(cfg.seed)
-    if cfg.precision != "fp32" and not bf16_is_fast(accelerator.device):
-        warnings.warn(f"train_rlvr: precision {cfg.precision!r} asked for, but {accelerator.device} has no native "
-                      f"bf16 (emulated bf16 matmuls run far slower than float32): computing in float32")
-        cfg = dataclasses.replace(cfg, precision="fp32")
-        if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
-            model = model.float()
 
-    # ---- set-up: adapters, value head, reference, optimiser, resume ----
-    model = prepare_trainable(model, cfg).to(accelerator.device)
-    is_ppo = cfg.algorithm == "ppo"
-    value_head = make_value_head(model) if is_ppo else None
-    ref_model = None
-    if cfg.beta > 0 and not hasattr(model, "disable_adapter"):
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # full fine-tuning: a frozen copy
-    params = [p for p in model.parameters() if p.requires_grad] + (list(value_head.parameters()) if is_ppo else [])
-    if not params:
-        raise ValueError("train_rlvr: the model has no trainable parameter (set cfg.lora or unfreeze weights)")
-    optimizer = make_optimizer(params, cfg)
-    num_steps = cfg.num_steps
-    scheduler = make_scheduler(optimizer, cfg, num_steps)
-    log = MetricsLog(cfg.metrics_path, enabled=world.is_main)
-    if not resume and world.is_main:
-        remove_checkpoints(cfg.output_dir)
-    accelerator.wait_for_everyone()
-    extra = {"value_head": value_head} if is_ppo else None
-    start_step, _ = resume_or_start(cfg, model, optimizer, scheduler, log, extra_modules=extra, resume=resume)
-    if world.is_main:
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        cfg.save_json(Path(cfg.output_dir) / "rlvr_config.json")
-
-    if len(usable) < len(rows) and world.is_main:
-        print(f"[tulu_lab] dropped {len(rows) - len(usable)} prompts longer than {cfg.max_prompt_len} tokens",
-              flush=True)
-    if is_ppo and cfg.value_model_init and world.is_main and start_step == 0:
-        print(f"[tulu_lab] value head: zero-initialised linear head on the policy (not {cfg.value_model_init})",
-              flush=True)
-
-    local_prompts = cfg.prompts_per_step // world.size
-    bar = tqdm(total=num_steps, initial=start_step, desc="rlvr", unit="step", disable=not (progress and world.is_main))
-    eval_accuracy = None
-    started = time.perf_counter()
-    last_step = start_step
-    for step in range(start_step, num_steps):
-        timer = StepTimer()
-        seed_step(cfg.seed, step, world.rank)  # dropout draws depend on (seed, step, rank) only
-        learning_rate = scheduler.get_last_lr()[0]
-        # ---- 1. rollout + 2. reward ----
-        step_rows = _step_prompt_indices(len(usable), cfg.prompts_per_step, step, cfg.seed)
-        mine = [usable[i] for i in step_rows[world.rank * local_prompts:(world.rank + 1) * local_prompts]]
-        batch, info = rollout(cfg, model, tokenizer, [rows[i] for i in mine], [prompt_texts[i] for i in mine],
-                              seed=_derived_seed(cfg.seed, step, world.rank), reward_model=reward_model,
-                              global_offset=world.rank * local_prompts * cfg.samples_per_prompt, threads=threads)
-        generate_time = timer.lap()
-        with num_threads(_update_threads(threads, batch, cfg, model)):
-            # ---- 3. score pass + 4. advantages ----
-            score_rollout(cfg, model, batch, value_head=value_head, ref_model=ref_model)
-            compute_advantages(cfg, batch, world)
-            # ---- 5. update ----
-            stats = rlvr_update(cfg, model, optimizer, batch, value_head=value_head, step=step, world=world,
-                                params=params)
-        scheduler.step()
-        update_time = timer.lap()
-
-        record = _step_record(cfg, step, batch, info, stats, world, learning_rate)
-        # stop where the next step (as long as this one) would end past the limit
-        out_of_time = time_limit_s is not None and bool(world.sum(torch.tensor(float(
-            time.perf_counter() - started + generate_time + update_time > time_limit_s))) > 0)
-        last = step + 1 == num_steps or out_of_time
-        if eval_rows is not None and cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
-            eval_accuracy = _distributed_accuracy(model, tokenizer, eval_rows, cfg, world)
-            record["eval/accuracy"] = eval_accuracy
-        record.update({"time/generate": generate_time, "time/update": update_time,
-                       "step_time": generate_time + update_time})
-        log.log(record)
-        bar.update(1)
-        bar.set_postfix(reward=f"{record['reward']:.2f}", acc=f"{record['accuracy']:.2f}",
-                        kl=f"{record['kl']:.3f}" if record["kl"] is not None else "-",
-                        len=f"{record['completions/mean_length']:.0f}")
-        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last:
-            if world.is_main:
-                save_checkpoint(cfg.output_dir, step + 1, model, optimizer, scheduler, {"step": step + 1},
-                                extra_modules=extra)
-            accelerator.wait_for_everyone()
-        last_step = step + 1
-        if out_of_time:
-            break
-    bar.close()
-
-    history = log.read() if world.is_main else []
-    final = history[-1] if history else {}
-    if eval_accuracy is None and history:
-        evals = [r["eval/accuracy"] for r in history if r.get("eval/accuracy") is not None]
-        eval_accuracy = evals[-1] if evals else None
-    stopped_early = last_step < num_steps
-    summary = {"steps": last_step, "episodes": last_step * cfg.rollout_batch, "stopped_early": stopped_early,
-               "final": final, "eval_accuracy": eval_accuracy}
-    final_dir = None
-    if world.is_main:
-        final_dir = save_final(model, tokenizer, cfg.output_dir, cfg, summary, merged=save_merged)
-        if value_head is not None:
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in value_head.state_dict().items()},
-                      str(final_dir / "value_head.safetensors"))
-    accelerator.wait_for_everyone()
-    return {"output_dir": str(cfg.output_dir), "final_dir": str(final_dir) if final_dir else None,
-            "steps": last_step, "episodes": last_step * cfg.rollout_batch, "stopped_early": stopped_early,
-            "metrics": history, "final": final, "eval_accuracy": eval_accuracy, "model": model}
-
-
-def _update_threads(threads: int | str | None, batch: RolloutBatch, cfg: RLVRConfig, model) -> int | None:
-    """Threads for the score pass and update: as given, or ("auto") the fastest for a matmul of one
-    micro-batch's tokens through the MLP's first projection."""
-    if threads != "auto":
-        return threads
-    config = _base_model(model).config
-    tokens = sum(len(r) for r in batch.response_ids[:cfg.per_device_batch]) + len(batch.prompt_ids[0])
-    return fastest_threads(min(tokens, 1024), config.hidden_size, config.intermediate_size)
+    stage = RLVRStage(cfg, tokenizer, rows, prompt_texts, usable, eval_rows, reward_model, world)
+    summary, run = run_training(stage, model, tokenizer, identity=identity, resume=resume, progress=progress,
+                                time_limit_s=time_limit_s, save_merged=save_merged, accelerator=accelerator)
+    return {"output_dir": str(cfg.output_dir), "final_dir": summary["final_dir"] if run.is_main else None,
+            "steps": summary["steps"], "episodes": summary["episodes"], "stopped_early": summary["stopped_early"],
+            "metrics": stage.history, "final": summary["final"], "eval_accuracy": stage.eval_accuracy,
+            "model": run.model}
 
 
 def _distributed_accuracy(model, tokenizer, rows, cfg, world: World) -> float:

@@ -46,16 +46,12 @@ Where this departs from the paper / open-instruct
   and counted (``dropped_examples``); open-instruct filters them the same way.
 * ``loss`` is logged as the per-token mean (open-instruct logs the summed loss / accumulation steps).
 
-Launching: one process, ``torchrun --nproc_per_node N`` or ``accelerate launch`` (DDP, FSDP,
-DeepSpeed) run the same code; ``cfg.num_processes`` must equal the number launched. Checkpoints and
-``final`` are written from the main process's unsharded parameters, so exact resume is for one
-process or DDP; with parameters sharded by FSDP / DeepSpeed ZeRO-3 they would need gathering first.
+The loop, the run folder (``run.json``), checkpoints, resume and launching with several processes
+are the trainer's: see ``tulu_lab.training``.
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -64,25 +60,11 @@ from tulu_lab.chat import encode_sft_example, pad_batch, validate_messages
 from tulu_lab.config import SFTConfig
 from tulu_lab.losses import sft_loss
 from tulu_lab.training import (
-    MetricsLog,
-    StepTimer,
+    EpochStage,
+    TrainingRun,
     autocast,
-    check_model_matches,
-    check_processes,
-    epoch_order,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    prepare_trainable,
-    remove_checkpoints,
-    resume_or_start,
-    save_checkpoint,
-    save_final,
     scored_positions,
-    seed_everything,
-    seed_step,
-    step_micro_batches,
-    trainable_parameters,
+    train_epochs,
 )
 
 
@@ -131,11 +113,72 @@ def micro_batch_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str,
 
 
 # --------------------------------------------------------------------------------------------------
-# The training loop
+# The stage: this process's micro-batches of each optimiser step, accumulated
+# --------------------------------------------------------------------------------------------------
+
+class SFTStage(EpochStage):
+    """Per optimiser step: this process's micro-batches of the epoch's order, each a forward pass on
+    the label positions and a backward pass of its share of the loss; then clip and step."""
+
+    name = "SFT"
+
+    def __init__(self, cfg: SFTConfig, examples: list[dict], dropped: int, pad_id: int):
+        super().__init__(cfg, len(examples), dropped)
+        self.examples, self.pad_id = examples, pad_id
+        self.tokens_seen = 0
+
+    def before_resume(self, run: TrainingRun) -> None:
+        self.report_dropped(run, f"with no assistant token left after truncation to max_seq_len={self.cfg.max_seq_len}")
+
+    def step(self, run: TrainingRun, step: int, learning_rate: float) -> dict[str, Any]:
+        cfg, model = self.cfg, run.model
+        # nll sum, label tokens, input tokens, objective contribution: summed over processes below
+        totals = torch.zeros(4, dtype=torch.float64)
+        for micro in self.micro_batches(run, step):
+            batch = pad_batch([self.examples[i] for i in micro], self.pad_id, side="right")
+            batch = {k: v.to(run.device) for k, v in batch.items()}
+            with run.accelerator.accumulate(model):
+                keep = scored_positions(batch["labels"])  # no LM head on the prompt
+                with autocast(cfg, run.device):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   use_cache=False, logits_to_keep=keep).logits
+                loss, nll_sum, n_tokens = micro_batch_loss(logits, batch["labels"][:, -keep:], cfg.loss_reduction,
+                                                           cfg.per_device_batch)
+                self.backward(run, loss)
+            micro_batches_per_step = cfg.gradient_accumulation * cfg.num_processes
+            objective_part = (float(nll_sum) / cfg.effective_batch if cfg.loss_reduction == "sum"
+                              else float(nll_sum) / max(int(n_tokens), 1) / micro_batches_per_step)
+            totals += torch.tensor([float(nll_sum), float(n_tokens), float(batch["attention_mask"].sum()),
+                                    objective_part], dtype=torch.float64)
+            del logits, loss
+        totals = run.sum(totals)
+        self.tokens_seen += int(totals[2])
+        return {
+            "step": step + 1,
+            "epoch": self.epoch(step),
+            "loss": float(totals[0] / totals[1].clamp(min=1)),
+            "objective": float(totals[3]),
+            "learning_rate": learning_rate,
+            "tokens": int(totals[2]),
+            "label_tokens": int(totals[1]),
+        }
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{record['loss']:.4f}", "lr": f"{record['learning_rate']:.2e}"}
+
+    def summary(self, run: TrainingRun, steps_done: int, last_record: dict[str, Any]) -> dict[str, Any]:
+        return {"final_loss": last_record.get("loss"), "steps_per_epoch": self.steps_per_epoch,
+                "examples": len(self.examples), "dropped_examples": self.dropped,
+                "effective_batch": self.cfg.effective_batch, "loss_reduction": self.cfg.loss_reduction,
+                "tokens": self.tokens_seen}
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
 # --------------------------------------------------------------------------------------------------
 
 def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume: bool = True,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, start: str | None = None) -> dict[str, Any]:
     """Supervised fine-tuning with assistant-only loss, as in Tülu 3.
 
     Args:
@@ -145,8 +188,13 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
         tokenizer: its tokenizer; the Tülu template is rendered by ``tulu_lab.chat`` directly.
         data: ``[{"messages": [{"role": ..., "content": ...}, ...]}, ...]``.
         resume: continue from the newest checkpoint in ``cfg.output_dir`` if there is one; with
-            False any earlier checkpoints there are deleted and training starts afresh.
+            False this run's earlier checkpoints there are deleted and training starts afresh.
+            A folder holding a run of other settings (another config, starting model or data, see
+            ``training.begin_run``) is refused with ``RunMismatchError`` either way: nothing of it is
+            resumed or deleted.
         progress: show a tqdm bar (main process only).
+        start: the identity of the starting weights (``training.source_fingerprint`` of the folder
+            they were loaded from); default: a hash of the weights and the tokenizer.
 
     Returns:
         A summary dict: ``final_loss``, ``steps``, ``start_step``, ``steps_per_epoch``, ``examples``,
@@ -154,136 +202,9 @@ def train_sft(cfg: SFTConfig, model, tokenizer, data: Sequence[dict], *, resume:
         processed), ``wall_time_s``, ``output_dir``, ``final_dir`` (merged model for ``load_model``),
         ``metrics_path``, and ``model`` (the trained model object; left out of summary.json).
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(cfg, SFTConfig):
         raise TypeError(f"cfg must be an SFTConfig, got {type(cfg).__name__}")
-    started = time.perf_counter()
-    accelerator = make_accelerator(cfg)
-    check_processes(cfg, accelerator)
-    check_model_matches(cfg, model)
-    rank = accelerator.process_index
-
-    # ---- data ----
     examples, dropped = encode_sft_data(data, tokenizer, cfg.max_seq_len)
-    if dropped and accelerator.is_main_process:
-        print(f"[tulu_lab] SFT: dropped {dropped} of {len(data)} examples with no assistant token left "
-              f"after truncation to max_seq_len={cfg.max_seq_len}", flush=True)
-    steps_per_epoch = len(examples) // cfg.effective_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"SFT: {len(examples)} usable examples ({dropped} dropped) cannot fill one optimiser step "
-                         f"of effective_batch={cfg.effective_batch}; add data or lower the batch")
-    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    # ---- model, optimiser, schedule; then the newest checkpoint if resuming ----
-    seed_everything(cfg.seed)  # LoRA initialisation: the same on every process and in every run
-    model = prepare_trainable(model, cfg)
-    model.train()
-    optimizer = make_optimizer(trainable_parameters(model), cfg)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
-    # The scheduler is stepped by hand once per optimiser step (accelerate's wrapper would step it
-    # once per process).
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    device = accelerator.device
-
-    log = MetricsLog(cfg.metrics_path, enabled=accelerator.is_main_process)
-    if not resume and accelerator.is_main_process:
-        remove_checkpoints(cfg.output_dir)
-    accelerator.wait_for_everyone()
-    start_step, _ = resume_or_start(cfg, unwrapped, optimizer, scheduler, log, resume=resume)
-
-    # ---- optimiser steps ----
-    bar = tqdm(total=total_steps, initial=start_step, desc="SFT", unit="step",
-               disable=not (progress and accelerator.is_main_process))
-    last_record: dict[str, Any] | None = None
-    tokens_seen = 0
-    order_epoch, order = -1, []
-    for step in range(start_step, total_steps):
-        epoch, position = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(len(examples), cfg.seed, epoch)
-        seed_step(cfg.seed, step, rank)
-        timer = StepTimer()
-        learning_rate = scheduler.get_last_lr()[0]
-        # nll sum, label tokens, input tokens, objective contribution: summed over processes below
-        totals = torch.zeros(4, dtype=torch.float64)
-
-        for micro in step_micro_batches(order, position, cfg.per_device_batch, cfg.gradient_accumulation,
-                                        cfg.num_processes, rank):
-            batch = pad_batch([examples[i] for i in micro], pad_id, side="right")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                keep = scored_positions(batch["labels"])  # no LM head on the prompt
-                with autocast(cfg, device):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                   use_cache=False, logits_to_keep=keep).logits
-                loss, nll_sum, n_tokens = micro_batch_loss(logits, batch["labels"][:, -keep:], cfg.loss_reduction,
-                                                           cfg.per_device_batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if cfg.grad_clip is not None:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            micro_batches_per_step = cfg.gradient_accumulation * cfg.num_processes
-            objective_part = (float(nll_sum) / cfg.effective_batch if cfg.loss_reduction == "sum"
-                              else float(nll_sum) / max(int(n_tokens), 1) / micro_batches_per_step)
-            totals += torch.tensor([float(nll_sum), float(n_tokens), float(batch["attention_mask"].sum()),
-                                    objective_part], dtype=torch.float64)
-            del logits, loss
-
-        totals = accelerator.reduce(totals.to(device), reduction="sum").cpu()
-        tokens_seen += int(totals[2])
-        record = {
-            "step": step + 1,
-            "epoch": (step + 1) / steps_per_epoch,
-            "loss": float(totals[0] / totals[1].clamp(min=1)),
-            "objective": float(totals[3]),
-            "learning_rate": learning_rate,
-            "tokens": int(totals[2]),
-            "label_tokens": int(totals[1]),
-            "step_time": timer.lap(),
-        }
-        log.log(record)
-        last_record = record
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{learning_rate:.2e}")
-
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(cfg.output_dir, step + 1, unwrapped, optimizer, scheduler,
-                                loop_state={"epoch": epoch, "position_in_epoch": position + 1})
-            accelerator.wait_for_everyone()
-    bar.close()
-
-    # ---- the result: output_dir/final, merged, for the next stage ----
-    if last_record is None:  # everything was done before this call (resumed at the end)
-        records = log.read()
-        last_record = records[-1] if records else {}
-    summary = {
-        "stage": "sft",
-        "final_loss": last_record.get("loss"),
-        "steps": total_steps,
-        "start_step": start_step,
-        "steps_per_epoch": steps_per_epoch,
-        "examples": len(examples),
-        "dropped_examples": dropped,
-        "effective_batch": cfg.effective_batch,
-        "loss_reduction": cfg.loss_reduction,
-        "tokens": tokens_seen,
-        "wall_time_s": time.perf_counter() - started,
-        "output_dir": str(cfg.output_dir),
-        "final_dir": str(Path(cfg.output_dir) / "final"),
-        "metrics_path": str(cfg.metrics_path),
-    }
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_final(unwrapped, tokenizer, cfg.output_dir, cfg, summary)
-    accelerator.wait_for_everyone()
-    accelerator.free_memory()  # drop the accelerator's references to the optimiser and wrapped model
-    unwrapped.eval()
-    return {**summary, "model": unwrapped}
+    stage = SFTStage(cfg, examples, dropped, pad_id)
+    return train_epochs(stage, model, tokenizer, data, start=start, resume=resume, progress=progress)

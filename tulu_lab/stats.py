@@ -6,12 +6,12 @@
 McNemar's test looks only at the discordant problems: ``b`` = right before and wrong after,
 ``c`` = wrong before and right after. Under the null hypothesis (training changed nothing) each
 discordant problem is equally likely to go either way, so ``c ~ Binomial(b + c, 1/2)``; the exact
-two-sided p-value is ``min(1, 2 * P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)``.
+two-sided p-value is scipy's binomial test of ``c`` out of ``b + c`` at 1/2 (for p = 1/2 that is
+``min(1, 2 * P[X <= min(b, c)])``). The Wilson interval is scipy's too (``proportion_ci``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 
@@ -36,28 +36,24 @@ def discordant_counts(before: Sequence[bool], after: Sequence[bool]) -> tuple[in
 
 def mcnemar(before: Sequence[bool], after: Sequence[bool]) -> float:
     """Exact two-sided McNemar p-value for paired per-problem correctness (1.0 with no discordant pair)."""
-    from scipy.stats import binom
+    from scipy.stats import binomtest
 
     b, c = discordant_counts(before, after)
-    n = b + c
-    if n == 0:
+    if b + c == 0:
         return 1.0
-    return float(min(1.0, 2.0 * binom.cdf(min(b, c), n, 0.5)))
+    return float(binomtest(c, b + c, 0.5).pvalue)
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for an accuracy of ``correct / n``."""
-    from scipy.stats import norm
+    from scipy.stats import binomtest
 
     if n <= 0 or not 0 <= correct <= n:
         raise ValueError(f"need 0 <= correct <= n and n > 0, got correct={correct}, n={n}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    interval = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(interval.low)), min(1.0, float(interval.high))
 
 
 __all__ = ["discordant_counts", "mcnemar", "wilson_interval"]

@@ -12,12 +12,13 @@ Grid axes (any mix; values are lists):
              base config's reward_model_weight, or a reward_model_weight axis; needs ``reward_model``)
     start    a name in ``checkpoints`` ({"sft": folder, "dpo": folder}): the model each cell starts from
 
-A cell's folder is named from its parameters (``beta=0.04_lr=2e-05_seed=1``). A finished cell leaves a
-``done.json`` marker and is skipped next time; an unfinished one (a crash, a kill) resumes from its
-newest checkpoint. Both only when the folder was trained with the cell's exact configuration
-(``cell_config.json``): after a change of the base config the cell is trained afresh. Every cell's
-configuration is built and validated before any training starts, so an impossible cell fails at once,
-not hours into the sweep.
+A cell's folder is named from its parameters (``beta=0.04_lr=2e-05_seed=1``) and holds one run: the
+trainer's ``run.json`` records the run's fingerprint (resolved config, starting model, data, held-out
+rows; ``training.run_identity``) and status. A cell whose run finished is skipped next time; an
+unfinished one (a crash, a kill, a time limit) resumes from its newest checkpoint. A folder holding a
+run of other settings (the base config changed, say) is refused before anything trains, naming what
+differs: give the changed sweep an ``output_dir`` of its own. Every cell's configuration is built and
+validated before any training starts, so an impossible cell fails at once, not hours into the sweep.
 
 The returned table is tidy: one row per (cell, step) with the grid axes, ``seed``, ``cell``, ``step``,
 ``episodes``, every logged metric, and ``final`` (True on each cell's last step).
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tulu_lab.config import LLAMA_PROJECTIONS, RLVRConfig
+from tulu_lab.training import check_run_folder, finished_run, fingerprint
 
 AXIS_ALIASES = {"lr": "learning_rate"}
 LORA_AXES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_target_modules": "target_modules"}
@@ -43,8 +45,6 @@ TARGET_MODULE_ALIASES = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
-DONE_MARKER = "done.json"
-CONFIG_RECORD = "cell_config.json"   # the configuration the cell's folder was trained with
 
 
 @dataclasses.dataclass
@@ -62,20 +62,19 @@ class Cell:
     def output_dir(self) -> Path:
         return Path(self.cfg.output_dir)
 
-    @property
-    def config_text(self) -> str:
-        return json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True, default=str)
+    def identity(self, data: Sequence[dict], eval_data: Sequence[dict] | None) -> dict[str, Any]:
+        """What the cell's run is (``training.run_identity``), as ``train_rlvr`` records it."""
+        from tulu_lab.training import data_fingerprint, run_identity
+
+        return run_identity(self.cfg, start=self.start, data=data_fingerprint(data),
+                            eval_data=data_fingerprint(eval_data) if eval_data is not None else None)
 
     @property
-    def same_config(self) -> bool:
-        """Whether the cell's folder holds a run of exactly this configuration (else its checkpoints and
-        marker belong to other settings, e.g. a changed base config)."""
-        record = self.output_dir / CONFIG_RECORD
-        return record.is_file() and record.read_text() == self.config_text
+    def start(self) -> str:
+        """The identity of the model the cell starts from (``training.source_fingerprint``)."""
+        from tulu_lab.training import source_fingerprint
 
-    @property
-    def done(self) -> bool:
-        return (self.output_dir / DONE_MARKER).is_file() and self.same_config
+        return source_fingerprint(self.source) if self.source is not None else "name:None"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,8 +205,9 @@ def run_sweep(base_cfg: RLVRConfig, grid: dict[str, Sequence[Any]], seeds: Seque
             else ``model``.
         checkpoints: start name -> model folder, for the "start" axis.
         reward_model: ``(prompts, responses) -> list[float]`` for the "verifiable+rm" cells.
-        train_fn: ``(cfg, model, tokenizer, data, *, eval_data, reward_model, resume, progress) -> dict``;
-            default :func:`tulu_lab.rlvr.train_rlvr` (adapters saved, no merged model per cell).
+        train_fn: ``(cfg, model, tokenizer, data, *, eval_data, reward_model, resume, progress, start) -> dict``;
+            default :func:`tulu_lab.rlvr.train_rlvr` (adapters saved, no merged model per cell). It
+            records the run in the cell's folder (``training.begin_run`` / ``finish_run``).
         output_dir: the sweep's folder; each cell gets a subfolder.
 
     Returns:
@@ -219,54 +219,33 @@ def run_sweep(base_cfg: RLVRConfig, grid: dict[str, Sequence[Any]], seeds: Seque
                          "was given")
     loader = model_loader or _default_loader
     train = train_fn or _default_train
+
+    identities = [cell.identity(data, eval_data) for cell in cells]
+    for cell, identity in zip(cells, identities):  # a folder of another run fails before anything trains
+        check_run_folder(cell.output_dir, identity)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "sweep.json").write_text(json.dumps(
         {"grid": grid, "seeds": list(seeds), "base_cfg": base_cfg.to_dict()}, indent=2, default=str))
 
-    for index, cell in enumerate(cells):
-        if cell.done:
-            _check_marker(cell)
+    for index, (cell, identity) in enumerate(zip(cells, identities)):
+        if finished_run(cell.output_dir, fingerprint(identity)):
             if progress:
                 print(f"[sweep] {index + 1}/{len(cells)} {cell.name}: done, skipped", flush=True)
             continue
-        # a folder left by other settings starts afresh: its checkpoints are not this cell's
-        resume = cell.same_config
         if progress:
-            stale = "" if resume or not cell.output_dir.exists() else " (its folder holds other settings: afresh)"
-            print(f"[sweep] {index + 1}/{len(cells)} {cell.name}: training{stale}", flush=True)
-        (cell.output_dir / DONE_MARKER).unlink(missing_ok=True)
-        cell.output_dir.mkdir(parents=True, exist_ok=True)
-        (cell.output_dir / CONFIG_RECORD).write_text(cell.config_text)
+            print(f"[sweep] {index + 1}/{len(cells)} {cell.name}: training", flush=True)
         cell_model, tokenizer = loader(cell.source)
         summary = train(cell.cfg, cell_model, tokenizer, data, eval_data=eval_data,
-                        reward_model=reward_model if cell.use_reward_model else None, resume=resume,
-                        progress=progress)
-        if (summary or {}).get("stopped_early"):
-            if progress:
-                print(f"[sweep] {cell.name}: stopped before its last step; not marked done", flush=True)
-            continue
-        marker = {"params": _jsonable(cell.params), "seed": cell.seed,
-                  "final": (summary or {}).get("final"), "eval_accuracy": (summary or {}).get("eval_accuracy")}
-        tmp = cell.output_dir / (DONE_MARKER + ".tmp")
-        tmp.write_text(json.dumps(marker, indent=2))
-        tmp.replace(cell.output_dir / DONE_MARKER)  # written whole or not at all
+                        reward_model=reward_model if cell.use_reward_model else None, resume=True,
+                        progress=progress, start=cell.start)
+        if (summary or {}).get("stopped_early") and progress:
+            print(f"[sweep] {cell.name}: stopped before its last step; the next call continues it", flush=True)
         del cell_model
 
     table = sweep_table(cells)
     table.to_csv(output_dir / "results.csv", index=False)
     return table
-
-
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(params, default=str))
-
-
-def _check_marker(cell: Cell) -> None:
-    marker = json.loads((cell.output_dir / DONE_MARKER).read_text())
-    if marker.get("params") != _jsonable(cell.params) or marker.get("seed") != cell.seed:
-        raise ValueError(f"{cell.output_dir / DONE_MARKER}: written for params {marker.get('params')} seed "
-                         f"{marker.get('seed')}, not {cell.params} seed {cell.seed}; delete the folder to rerun it")
 
 
 # ----------------------------------------------------------------------------------------------

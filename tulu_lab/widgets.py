@@ -190,8 +190,9 @@ def _call_generate(backend, prompts, **kwargs):
 
 def probe_checkpoints(runs: str | Path | None = None, *, stages: Sequence[str] = ("sft", "dpo", "rlvr"),
                       suffix: str = "-embedded", smoke: bool = False, base: str = "smollm2-135m",
-                      verbose: bool = True) -> dict[str, tuple]:
-    """Load the stage checkpoints earlier notebooks saved (``runs/{stage}{suffix}/final``) for the probe.
+                      verbose: bool = True, finals: dict[str, str | Path] | None = None) -> dict[str, tuple]:
+    """Load the stage checkpoints earlier notebooks saved (``runs/{stage}{suffix}/final``, or the
+    ``finals`` given as ``{stage: folder}``) for the probe.
 
     Returns ``{"SFT": (model, tokenizer), ...}`` for each folder that exists, with the Tülu chat
     template installed (the format the stages were trained in). When none exists, the starting model
@@ -203,7 +204,8 @@ def probe_checkpoints(runs: str | Path | None = None, *, stages: Sequence[str] =
     from tulu_lab.paths import runs_dir
 
     runs = Path(runs) if runs is not None else runs_dir()
-    found = {stage.upper(): runs / f"{stage}{suffix}" / "final" for stage in stages}
+    found = ({stage.upper(): Path(folder) for stage, folder in finals.items()} if finals is not None
+             else {stage.upper(): runs / f"{stage}{suffix}" / "final" for stage in stages})
     found = {name: folder for name, folder in found.items() if (folder / "config.json").is_file()}
     if smoke and found:
         last = list(found)[-1]
