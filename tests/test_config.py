@@ -316,6 +316,8 @@ def test_allowed_names_match_the_losses_module():
 
     assert set(C.DPO_LOSS_TYPES) == set(losses.DPO_LOSS_TYPES)
     assert set(C.GRPO_LOSS_TYPES) == set(losses.GRPO_LOSS_TYPES)
+    assert set(C.LOSS_AGGREGATIONS) == set(losses.LOSS_AGGREGATIONS)
+    assert set(C.ADVANTAGE_SCALES) == set(losses.ADVANTAGE_SCALES)
     assert set(C.KL_ESTIMATORS) == set(losses.KL_ESTIMATORS)
 
 
