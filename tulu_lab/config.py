@@ -9,7 +9,9 @@
 Every default carries a comment naming its source. "Table N" is the Tülu 3 paper (arXiv
 2411.15124, v5); "docs cmd" is open-instruct's docs/tulu3.md; the same facts, with notes, are in
 ``tulu_lab/reference/hparams.csv`` (kept as a CSV for the notebooks; this module does not read it,
-the tests check the two agree). Values marked "embedded CPU preset" are this project's choices for
+the tests check the two agree). The RLVR paper presets name a source for every value
+(``RLVRConfig.preset_sources``): an hparams.csv row or a flag of open-instruct's command as it ran
+(``tulu_lab/reference/commands.py``). Values marked "embedded CPU preset" are this project's choices for
 SmolLM2-135M on a 2-core CPU, not the paper's.
 
 Configs are plain dataclasses: validation runs in ``__post_init__`` (also after

@@ -15,11 +15,13 @@
 3. score pass  one no-grad forward per micro-batch, once per rollout: the rollout policy's log-probs
                (adapters on), the reference log-probs (adapters disabled) and the values; every PPO
                epoch reuses them (GRPO takes the rollout policy's log-probs from the sampler)
-4. advantage   "ppo": per-token reward ``-beta * (logp - logp_ref)`` with the score added on the last
-               token, GAE (gamma 1, lambda 0.95), whitened over the whole batch;
-               "grpo": ``(r - mean_group) / (std_group + eps)`` per prompt
+4. advantage   "ppo": per-token reward ``-beta * kl`` (``cfg.kl_estimator``; Tülu 3: k1 = logp - logp_ref)
+               with the score added on the last token, GAE (gamma 1, lambda 0.95), whitened over the batch;
+               "grpo": ``(r - mean_group) / (std_group + eps)`` per prompt (``cfg.advantage_scale="none"``:
+               without the std)
 5. update      ``ppo_epochs`` x ``num_minibatches`` optimiser steps of the clipped policy loss, plus the
-               clipped value loss x ``vf_coef`` (ppo) or ``beta`` x the k3 KL inside the loss (grpo)
+               clipped value loss x ``vf_coef`` on the separate value model (ppo) or ``beta`` x the KL
+               estimate inside the loss (grpo)
 
 Forward passes run the model on the response tokens with each distinct prompt run once per
 micro-batch (the samples of a group share its key/value cache) and the language-model head applied to
