@@ -96,3 +96,25 @@ def test_variant_names(bench):
 
 def test_peak_rss_is_read(bench):
     assert bench.vm_hwm_bytes() > 10 * 2 ** 20
+
+
+def test_cpu_405b_layer_benchmark_on_the_tiny_shape(capsys):
+    """The CPU layer benchmark's whole path (meta build, NF4 one linear at a time, shape reuse, timing)
+    on a tiny shape: bytes held agree with plan_memory's per-layer figure, layers hold their own tensors."""
+    pytest.importorskip("bitsandbytes")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import layer_405b_cpu
+        from gpu_405b_layer import layer_config
+    finally:
+        sys.path.pop(0)
+    import torch
+
+    assert layer_405b_cpu.main(["--tiny", "--prefill-tokens", "4", "--decode-steps", "1", "--prefill-repeats", "1"]) == 0
+    assert "(+0.00%, OK)" in capsys.readouterr().out
+    config = layer_config(True, 2)
+    by_shape = {}
+    first = layer_405b_cpu.build_layer(config, 0, True, torch.Generator().manual_seed(0), by_shape)
+    second = layer_405b_cpu.build_layer(config, 1, True, torch.Generator().manual_seed(0), by_shape)
+    a, b = first.mlp.down_proj.weight, second.mlp.down_proj.weight
+    assert a.data_ptr() != b.data_ptr() and type(b).__name__ == "Params4bit" and second.self_attn.layer_idx == 1
