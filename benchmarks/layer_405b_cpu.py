@@ -3,10 +3,11 @@ prefill and decode time per layer.
 
 The CPU sibling of ``gpu_405b_layer.py``, for machines without a GPU. Builds ``--layers`` decoder layers
 of the exact 405B shape (hidden 16384, 128 heads, 8 KV heads, MLP 53248) with random weights. Each layer
-is created on the meta device and its linear layers are materialised ONE AT A TIME: a random bf16
-weight (at most 16384 x 53248 = 1.7 GB), quantised to NF4 by bitsandbytes on the CPU, the bf16 copy
-freed before the next one. So the peak is one layer's NF4 bytes per layer built plus one bf16 matrix,
-not the 6.4 GB a bf16 layer would take.
+is created on the meta device and its linear layers are materialised ONE AT A TIME, and each of those
+a few million weights at a time: random bf16 rows quantised to NF4 by bitsandbytes' own kernel, then
+the absmax values double-quantised in one piece (:func:`nf4_by_row_chunks`; equal to quantising the
+whole matrix at once, tested). bitsandbytes' CPU pass over a whole 16384 x 53248 matrix would hold
+about 12 GB of temporaries; this way the peak is the NF4 layers built plus a few hundred MB.
 
 bitsandbytes quantises about 25M weights/s per core here, so by default each distinct shape
 (q/o, k/v, gate/up, down) is quantised once and later linears of that shape get a copy of its packed
@@ -63,8 +64,41 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+CHUNK_ELEMENTS = 32 * 1024 * 1024  # weights generated and quantised per piece (bnb's CPU pass needs ~14x)
+NF4_BLOCK = 64
+
+
+def nf4_by_row_chunks(rows: int, cols: int, double_quant: bool, make_rows):
+    """NF4 (+ double quant) of a ``rows x cols`` bf16 matrix whose rows come from ``make_rows(n, cols)``
+    a few million weights at a time, without the whole bf16 matrix or bitsandbytes' ~14x transient
+    for it ever existing. The result is what ``bitsandbytes.functional.quantize_4bit`` gives for the
+    whole matrix: its first level works on 64-weight blocks, which row chunks do not split when
+    ``cols`` is a multiple of 64; the absmax values are then double-quantised in one piece, as there."""
+    import bitsandbytes.functional as F
+    import torch
+
+    if cols % NF4_BLOCK:
+        raise ValueError(f"nf4_by_row_chunks: cols = {cols} is not a multiple of the NF4 block {NF4_BLOCK}")
+    step = max(1, CHUNK_ELEMENTS // cols)
+    packed, absmax = [], []
+    for start in range(0, rows, step):
+        chunk = make_rows(min(step, rows - start), cols)
+        out, block_max = torch.ops.bitsandbytes.quantize_4bit.default(chunk, NF4_BLOCK, "nf4", torch.uint8)
+        packed.append(out)
+        absmax.append(block_max)
+        del chunk
+    packed, absmax = torch.cat(packed), torch.cat(absmax)
+    facts = dict(shape=torch.Size((rows, cols)), dtype=torch.bfloat16, blocksize=NF4_BLOCK,
+                 code=F.get_4bit_type("nf4", device=packed.device), quant_type="nf4")
+    if not double_quant:
+        return packed, F.QuantState(absmax=absmax, **facts)
+    offset = absmax.mean()
+    quantised_absmax, nested = F.quantize_blockwise(absmax - offset, blocksize=256)
+    return packed, F.QuantState(absmax=quantised_absmax, offset=offset, state2=nested, **facts)
+
+
 def build_layer(config, index: int, double_quant: bool, generator, by_shape: dict | None = None):
-    """One decoder layer on the CPU, each linear quantised to NF4 as soon as its weight exists.
+    """One decoder layer on the CPU, each linear quantised to NF4 piece by piece (:func:`nf4_by_row_chunks`).
     ``by_shape``: quantised linears to copy from, by (out, in) shape (filled as they are made)."""
     import copy
 
@@ -72,6 +106,9 @@ def build_layer(config, index: int, double_quant: bool, generator, by_shape: dic
     import torch
     from torch import nn
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    def random_rows(n: int, cols: int):
+        return torch.empty(n, cols, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=generator)
 
     with torch.device("meta"):
         layer = LlamaDecoderLayer(config, layer_idx=index).to(torch.bfloat16)
@@ -86,15 +123,15 @@ def build_layer(config, index: int, double_quant: bool, generator, by_shape: dic
             quantised = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
                                           compute_dtype=torch.bfloat16, compress_statistics=double_quant,
                                           quant_type="nf4", device="meta")
-            weight = torch.empty(child.out_features, child.in_features, dtype=torch.bfloat16)
-            weight.normal_(0.0, 0.02, generator=generator)
-            packed = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=double_quant,
-                                       quant_type="nf4", module=quantised)
-            quantised.weight = packed.to("cpu")  # quantises; the bf16 matrix is dropped below
+            packed, state = nf4_by_row_chunks(*shape, double_quant, random_rows)
+            quantised.weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state,
+                                                 blocksize=NF4_BLOCK, compress_statistics=double_quant,
+                                                 quant_type="nf4", quant_storage=torch.uint8, module=quantised,
+                                                 bnb_quantized=True)
+            quantised.quant_state = state
             setattr(parent, name, quantised)
             if by_shape is not None:
                 by_shape[shape] = quantised
-            del weight, packed, child
     # what is left on meta: the two RMSNorm weights
     for module in layer.modules():
         for name, param in list(module.named_parameters(recurse=False)):
