@@ -7,7 +7,9 @@ is created on the meta device and its linear layers are materialised ONE AT A TI
 a few million weights at a time: random bf16 rows quantised to NF4 by bitsandbytes' own kernel, then
 the absmax values double-quantised in one piece (:func:`nf4_by_row_chunks`; equal to quantising the
 whole matrix at once, tested). bitsandbytes' CPU pass over a whole 16384 x 53248 matrix would hold
-about 12 GB of temporaries; this way the peak is the NF4 layers built plus a few hundred MB.
+about 12 GB of temporaries; this way the peak while building is the NF4 layers plus a few hundred MB
+(4.4 GB for 2 layers, measured). The forward passes then peak near 10.6 GB: bitsandbytes' CPU path
+dequantises each 4-bit weight (up to 16384 x 53248) for its matmul.
 
 bitsandbytes quantises about 25M weights/s per core here, so by default each distinct shape
 (q/o, k/v, gate/up, down) is quantised once and later linears of that shape get a copy of its packed
@@ -25,7 +27,7 @@ Then it reports
 (prefill: the fastest of ``--prefill-repeats`` runs; decode: the mean of ``--decode-steps`` after one
 untimed step.)
 
-    python benchmarks/layer_405b_cpu.py                 # 2 layers, a few minutes on 2 cores
+    python benchmarks/layer_405b_cpu.py                 # 2 layers, about 4-5 minutes on a busy 2-core CPU
     python benchmarks/layer_405b_cpu.py --tiny          # the same path on a tiny shape, seconds
 
 Prints one SUMMARY line; exit status 1 when the bytes differ from the plan by more than 2%.
@@ -57,6 +59,12 @@ def planned_bytes_per_layer(config, double_quant: bool) -> int:
         plan = memory.plan_memory(cut, quant="nf4", double_quant=double_quant, gpus="1xH200", context_tokens=1)
         totals.append(plan.weights_bytes)
     return totals[1] - totals[0]
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kB
 
 
 def _rss_bytes() -> int:
@@ -163,6 +171,7 @@ def benchmark(args) -> int:
               f"{held[-1] / 1e9:.4f} GB (RSS grew {rss[-1] / 1e9:.3f} GB)", flush=True)
     per_layer = sum(held) / len(held)
     error = per_layer / planned - 1
+    peak_built = _peak_rss_bytes()
 
     rotary = LlamaRotaryEmbedding(config)
     hidden = config.hidden_size
@@ -188,6 +197,8 @@ def benchmark(args) -> int:
 
     ok = abs(error) <= TOLERANCE
     shape = "tiny" if args.tiny else "405B"
+    print(f"peak RSS: {peak_built / 1e9:.2f} GB once built, {_peak_rss_bytes() / 1e9:.2f} GB after the forward "
+          f"passes (bitsandbytes' CPU path dequantises each 4-bit weight for its matmul)")
     print(f"SUMMARY {shape} NF4{'+dq' if double_quant else ''} {len(layers)} layers on cpu "
           f"({torch.get_num_threads()} threads): held/layer {per_layer / 1e9:.4f} GB vs plan_memory "
           f"{planned / 1e9:.4f} GB ({100 * error:+.2f}%, {'OK' if ok else 'FAIL'}) | prefill "
