@@ -40,6 +40,10 @@ CONFIGS = {
     # Tülu 3 PPO: value head, GAE, whitening over both processes, 2 epochs x 2 minibatches
     "ppo": dict(algorithm="ppo", beta=0.05, samples_per_prompt=1, per_device_batch=2, num_minibatches=2,
                 ppo_epochs=2),
+    # open-instruct's aggregation at Tülu 3 70B/405B's micro-batch of one: the mean over every process's
+    # micro-batches (per-sequence means), so any split over processes gives the same update
+    "ppo_micro_batch_mean": dict(algorithm="ppo", beta=0.05, samples_per_prompt=1, per_device_batch=1,
+                                 num_minibatches=2, ppo_epochs=1, loss_aggregation="micro_batch_mean"),
 }
 
 

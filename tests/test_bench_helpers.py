@@ -96,3 +96,48 @@ def test_variant_names(bench):
 
 def test_peak_rss_is_read(bench):
     assert bench.vm_hwm_bytes() > 10 * 2 ** 20
+
+
+def test_cpu_405b_layer_benchmark_on_the_tiny_shape(capsys):
+    """The CPU layer benchmark's whole path (meta build, NF4 one linear at a time, shape reuse, timing)
+    on a tiny shape: bytes held agree with plan_memory's per-layer figure, layers hold their own tensors."""
+    pytest.importorskip("bitsandbytes")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import layer_405b_cpu
+        from gpu_405b_layer import layer_config
+    finally:
+        sys.path.pop(0)
+    import torch
+
+    assert layer_405b_cpu.main(["--tiny", "--prefill-tokens", "4", "--decode-steps", "1", "--prefill-repeats", "1"]) == 0
+    assert "(+0.00%, OK)" in capsys.readouterr().out
+    config = layer_config(True, 2)
+    by_shape = {}
+    first = layer_405b_cpu.build_layer(config, 0, True, torch.Generator().manual_seed(0), by_shape)
+    second = layer_405b_cpu.build_layer(config, 1, True, torch.Generator().manual_seed(0), by_shape)
+    a, b = first.mlp.down_proj.weight, second.mlp.down_proj.weight
+    assert a.data_ptr() != b.data_ptr() and type(b).__name__ == "Params4bit" and second.self_attn.layer_idx == 1
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_nf4_by_row_chunks_equals_quantising_the_whole_matrix(monkeypatch, double_quant):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as F
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import layer_405b_cpu
+    finally:
+        sys.path.pop(0)
+    matrix = torch.randn(300, 256, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    rows = iter(matrix.split(7 * 1024 // 256))  # 28 rows per piece: many pieces, the last one short
+    monkeypatch.setattr(layer_405b_cpu, "CHUNK_ELEMENTS", 7 * 1024)
+    packed, state = layer_405b_cpu.nf4_by_row_chunks(300, 256, double_quant, lambda n, cols: next(rows))
+    whole, expected = F.quantize_4bit(matrix, blocksize=64, compress_statistics=double_quant, quant_type="nf4")
+    assert torch.equal(packed, whole) and torch.equal(state.absmax, expected.absmax)
+    assert state.shape == expected.shape and state.blocksize == expected.blocksize
+    if double_quant:
+        assert torch.equal(state.offset, expected.offset) and torch.equal(state.state2.absmax, expected.state2.absmax)
+    assert torch.equal(F.dequantize_4bit(packed, state), F.dequantize_4bit(whole, expected))

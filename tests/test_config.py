@@ -128,7 +128,110 @@ def test_tulu31_grpo_on_top_of_a_paper_scale():
     assert ppo.algorithm == "ppo" and ppo.samples_per_prompt == 1 and ppo.kl_estimator == "k1"
     assert (grpo.algorithm, grpo.samples_per_prompt, grpo.beta, grpo.kl_estimator) == ("grpo", 16, 0.01, "k3")
     assert grpo.advantage_eps == 1e-8 and grpo.log_ratio_clamp == 40.0 and grpo.value_model_init is None
-    assert grpo.learning_rate == ppo.learning_rate
+    # Tülu 3.1 as its command ran it, not PPO's values
+    assert (grpo.ppo_epochs, grpo.learning_rate, grpo.lr_schedule, grpo.non_stop_penalty) == (1, 5e-7, "constant", 0.0)
+    assert (grpo.prompts_per_step, grpo.rollout_batch, grpo.num_minibatches, grpo.per_device_batch) == (48, 768, 2, 2)
+    assert grpo.loss_aggregation == ppo.loss_aggregation == "micro_batch_mean"
+
+
+# ------------------------------------------------------------------ every preset value vs its source
+
+PROJECT_FIELDS = {"output_dir", "num_processes", "precision", "lora", "checkpoint_every", "log_path", "track_kl",
+                  "grpo_loss_type", "max_steps"}
+UNUSED_BY = {"ppo": {"advantage_scale", "advantage_eps", "log_ratio_clamp"},
+             "grpo": {"value_clip", "vf_coef", "gamma", "lam", "whiten_advantages"}}
+
+
+def _packaged_hparams() -> dict:
+    from importlib import resources
+    import io
+
+    text = resources.files("tulu_lab.reference").joinpath("hparams.csv").read_text(encoding="utf-8")
+    return {(r["stage"], r["scale"], r["param"]): r["value"] for r in csv.DictReader(io.StringIO(text))}
+
+
+def _value_at(source: str):
+    """The value a source string names: a packaged hparams.csv row or an open-instruct command fact."""
+    from tulu_lab.reference import commands
+
+    kind, rest = source.split(" ", 1)
+    if kind == "hparams.csv":
+        return parse(_packaged_hparams()[tuple(rest.split(","))])
+    assert kind == "cmd", source
+    name, key = rest.split(" ")
+    if key.startswith("sizes."):
+        return commands.rollout_sizes(name)[key[len("sizes."):]]
+    return commands.command_setting(name, key)
+
+
+def _in_config_terms(field: str, raw):
+    if field == "kl_estimator":
+        return raw.replace("kl", "k")  # open-instruct's kl1/kl3 are k1/k3 here
+    if field == "algorithm":
+        return raw.lower()
+    return raw
+
+
+@pytest.mark.parametrize("algorithm", C.RL_ALGORITHMS)
+@pytest.mark.parametrize("scale", C.PAPER_SCALES)
+def test_every_paper_preset_value_matches_the_source_it_names(scale, algorithm):
+    cfg = RLVRConfig.for_scale(scale, algorithm=algorithm)
+    sources = RLVRConfig.preset_sources(scale, algorithm)
+    for field, source in sources.items():
+        expected = _in_config_terms(field, _value_at(source))
+        actual = getattr(cfg, field)
+        where = f"{scale} {algorithm} {field} = {actual!r}, source {source} = {expected!r}"
+        if isinstance(expected, float) and not isinstance(expected, bool):
+            assert actual == pytest.approx(expected, rel=1e-12), where
+        else:
+            assert actual == expected, where
+    # every field is sourced, the project's own, or unused by the algorithm
+    unsourced = {f.name for f in dataclasses.fields(cfg)} - set(sources) - PROJECT_FIELDS - UNUSED_BY[algorithm]
+    assert not unsourced, f"{scale} {algorithm}: no source for {sorted(unsourced)}"
+    if "max_steps" not in sources:
+        assert cfg.max_steps is None
+
+
+def test_source_check_catches_a_wrong_value():
+    cfg = RLVRConfig.for_scale("8B", algorithm="grpo")
+    source = RLVRConfig.preset_sources("8B", "grpo")["learning_rate"]
+    assert _value_at(source) == cfg.learning_rate
+    assert _value_at(source) != RLVRConfig.for_scale("8B").learning_rate  # PPO's 3e-7 would fail
+    with pytest.raises(KeyError, match="no flag"):
+        _value_at("cmd tulu31_grpo_8b no_such_flag")
+
+
+def test_tulu31_batch_sizes_follow_the_command():
+    from tulu_lab.reference.commands import rollout_sizes
+
+    sizes = rollout_sizes("tulu31_grpo_8b")  # 12 GPUs x 4 prompts x 16 samples; half-m minibatches
+    assert (sizes["world_size"], sizes["prompts_per_step"], sizes["rollout_responses"]) == (12, 48, 768)
+    assert (sizes["minibatch_responses"], sizes["num_minibatches"], sizes["micro_batch"]) == (384, 2, 2)
+    for name, prompts in (("tulu3_ppo_8b", 224), ("tulu3_ppo_70b", 640), ("tulu3_ppo_405b", 1856)):
+        assert rollout_sizes(name)["prompts_per_step"] == prompts and rollout_sizes(name)["num_minibatches"] == 1
+
+
+def test_embedded_preset_states_its_non_stop_penalty():
+    """The CPU preset sets the penalty itself (with its reason), so changing the paper default
+    does not change it silently."""
+    import inspect
+
+    assert "non_stop_penalty=-10.0" in inspect.getsource(RLVRConfig.cpu_preset)
+    cpu = RLVRConfig.cpu_preset()
+    assert cpu.non_stop_penalty == -10.0 and cpu.loss_aggregation == "token_mean"
+    with pytest.raises(ValueError, match="embedded preset"):
+        RLVRConfig.preset_sources("embedded")
+
+
+def test_trl_loss_type_names_set_the_aggregation():
+    for trl_name, aggregation in (("bnpo", "token_mean"), ("grpo", "sequence_mean"), ("dr_grpo", "constant")):
+        cfg = RLVRConfig.cpu_preset(grpo_loss_type=trl_name)
+        assert cfg.loss_aggregation == aggregation and cfg.grpo_loss_type is None
+        assert dataclasses.replace(cfg) == cfg
+    with pytest.raises(ValueError, match="loss_aggregation must be one of"):
+        RLVRConfig.cpu_preset(loss_aggregation="sum")
+    with pytest.raises(ValueError, match="advantage_scale must be one of"):
+        RLVRConfig.cpu_preset(advantage_scale="mad")
 
 
 def test_scale_names_and_overrides():
@@ -213,6 +316,8 @@ def test_allowed_names_match_the_losses_module():
 
     assert set(C.DPO_LOSS_TYPES) == set(losses.DPO_LOSS_TYPES)
     assert set(C.GRPO_LOSS_TYPES) == set(losses.GRPO_LOSS_TYPES)
+    assert set(C.LOSS_AGGREGATIONS) == set(losses.LOSS_AGGREGATIONS)
+    assert set(C.ADVANTAGE_SCALES) == set(losses.ADVANTAGE_SCALES)
     assert set(C.KL_ESTIMATORS) == set(losses.KL_ESTIMATORS)
 
 

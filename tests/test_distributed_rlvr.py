@@ -33,7 +33,7 @@ def test_two_processes_match_one(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert set(results) == {"grpo_beta", "grpo_skip_minibatches", "ppo"}
+    assert set(results) == {"grpo_beta", "grpo_skip_minibatches", "ppo", "ppo_micro_batch_mean"}
     for name, r in results.items():
         two, one = r["losses_two_processes"], r["losses_one_process"]
         assert len(two) == len(one) > 0, name

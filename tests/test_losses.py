@@ -408,3 +408,81 @@ def test_grpo_zero_beta_needs_no_reference_and_validation():
         L.grpo_loss(x, x, x, torch.tensor([1.0]), torch.ones(1, 2), beta=0.1, loss_type="sapo")
     with pytest.raises(ValueError, match="advantages"):
         L.grpo_loss(x, x, x, torch.tensor([1.0, 2.0]), torch.ones(1, 2), beta=0.1)
+
+
+# ---------------------------------------------------------------------------- loss aggregation
+
+
+def _hand_batch():
+    """Four responses of 1, 3, 2 and 4 tokens, per-token losses chosen so every normaliser differs."""
+    values = torch.tensor([[4.0, 0, 0, 0], [1.0, 2.0, 3.0, 0], [2.0, 6.0, 0, 0], [1.0, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    return values, mask
+
+
+def test_each_aggregation_gives_the_normaliser_it_names():
+    """Sums per row 4, 6, 8, 4 (total 22) over 1, 3, 2, 4 tokens (total 10); max_len 5.
+
+    token_mean     22 / 10                                      = 2.2
+    sequence_mean  (4/1 + 6/3 + 8/2 + 4/4) / 4 = (4+2+4+1)/4    = 2.75
+    constant       22 / (4 * 5)                                 = 1.1
+    micro_batch_mean, micro-batches of 2: ((4+6)/4 + (8+4)/6) / 2 = (2.5 + 2) / 2 = 2.25
+    """
+    values, mask = _hand_batch()
+    by_hand = {"token_mean": 2.2, "sequence_mean": 2.75, "constant": 1.1, "micro_batch_mean": 2.25}
+    for aggregation, expected in by_hand.items():
+        got = L.minibatch_loss(values, mask, aggregation, micro_batch_size=2, max_len=5)
+        assert float(got) == pytest.approx(expected), aggregation
+    # TRL's names are the same functions
+    for trl_name, name in L.TRL_LOSS_TYPE_AGGREGATION.items():
+        assert float(L.minibatch_loss(values, mask, trl_name, 2, 5)) == pytest.approx(by_hand[name])
+
+
+def test_aggregations_invariant_to_micro_batch_size_where_they_should_be():
+    values, mask = _hand_batch()
+    for aggregation in ("token_mean", "sequence_mean", "constant"):
+        results = {size: float(L.minibatch_loss(values, mask, aggregation, size, max_len=5)) for size in (1, 2, 3, 4)}
+        assert max(results.values()) - min(results.values()) < 1e-6, (aggregation, results)
+    # open-instruct's is not: sequence_mean at one row per micro-batch, token_mean at one micro-batch
+    oi = {size: float(L.minibatch_loss(values, mask, "micro_batch_mean", size)) for size in (1, 2, 4)}
+    assert oi[1] == pytest.approx(2.75) and oi[4] == pytest.approx(2.2) and oi[2] == pytest.approx(2.25)
+
+
+def test_micro_batch_weights_sum_to_one_and_reject_unknown_names():
+    kwargs = dict(minibatch_tokens=10.0, minibatch_sequences=4, minibatch_micro_batches=2)
+    for aggregation in L.LOSS_AGGREGATIONS:
+        total = sum(L.micro_batch_weight(aggregation, micro_tokens=t, micro_sequences=2, **kwargs) for t in (4.0, 6.0))
+        assert total == pytest.approx(1.0), aggregation
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        L.aggregate_loss(*_hand_batch(), "sum")
+
+
+def test_ppo_losses_follow_the_aggregation():
+    values, mask = _hand_batch()
+    zeros = torch.zeros_like(values)
+    # with old == new log-probs the clipped surrogate is -A per token
+    per_seq = L.ppo_policy_loss(zeros, zeros, -values, mask, aggregation="sequence_mean").loss
+    assert float(per_seq) == pytest.approx(2.75)
+    assert float(L.ppo_policy_loss(zeros, zeros, -values, mask).loss) == pytest.approx(2.2)  # token mean default
+    v = L.ppo_value_loss(values.sqrt() * 2 ** 0.5, values.sqrt() * 2 ** 0.5, zeros, mask, aggregation="constant",
+                         max_len=5)
+    assert float(v.loss) == pytest.approx(1.1)  # 0.5 * (sqrt(2 l))^2 = l
+
+
+# ---------------------------------------------------------------------------- PPO's KL reward estimator
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_per_token_rewards_use_the_named_kl_estimator(estimator):
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    d = ref - logp  # k3 = exp(d) - d - 1
+    by_hand = {"k1": logp - ref, "k2": 0.5 * (logp - ref) ** 2, "k3": torch.exp(d) - d - 1}[estimator]
+    rewards = L.per_token_rewards(torch.tensor([10.0]), logp, ref, mask, beta=0.1, kl_estimator=estimator)
+    expected = -0.1 * by_hand
+    expected[0, -1] += 10.0
+    assert torch.allclose(rewards, expected)
+    if estimator != "k1":  # the estimators differ here, so the reward really follows the name
+        k1 = L.per_token_rewards(torch.tensor([10.0]), logp, ref, mask, beta=0.1)
+        assert not torch.allclose(rewards, k1)

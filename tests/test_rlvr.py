@@ -289,7 +289,8 @@ def test_update_moves_probability_towards_high_reward(lora_model, algorithm):
 def test_ppo_value_head_learns_the_returns(lora_model):
     model, _ = lora_model
     prompts, responses, scores = _fixed_batch(model.config.vocab_size)
-    cfg = _cfg(algorithm="ppo", prompts_per_step=8, learning_rate=1e-2, ppo_epochs=4)
+    # the value model trains its own adapters too: 1e-2 makes their steps overshoot
+    cfg = _cfg(algorithm="ppo", prompts_per_step=8, learning_rate=5e-3, ppo_epochs=4)
     m = copy.deepcopy(model)
     value_head = make_value_head(m)
     params = _train_params(m) + list(value_head.parameters())
@@ -301,6 +302,152 @@ def test_ppo_value_head_learns_the_returns(lora_model):
         compute_advantages(cfg, batch)
         losses.append(rlvr_update(cfg, m, optimizer, batch, value_head=value_head, params=params).value_loss)
     assert all(a > b for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# PPO's value model is apart from the policy
+# ----------------------------------------------------------------------------------------------
+
+
+def _policy_grads(model, value_head, micro, value_weight: float):
+    """Gradients of the policy's trainable parameters for policy loss + value_weight * value loss."""
+    out = forward_response(model, micro, 1.0, value_head=value_head)
+    policy_loss = -(out.logprobs * out.mask).sum()
+    value_loss = ((out.values - 3.0) ** 2 * out.mask).sum()
+    params = _train_params(model)
+    return torch.autograd.grad(policy_loss + value_weight * value_loss, params, allow_unused=True)
+
+
+def _nonzero_head(value_head):
+    with torch.no_grad():  # a zero head passes no gradient to the trunk; make it pass some
+        head = value_head.head if hasattr(value_head, "head") else value_head
+        head.weight.normal_(0.0, 0.5)
+    return value_head
+
+
+def test_value_loss_leaves_the_policy_gradients_unchanged(lora_model):
+    model, _ = lora_model
+    prompts, responses, _ = _fixed_batch(model.config.vocab_size)
+    micro = make_micro_batch(prompts, responses, list(range(8)), pad_id=1)
+    value = _nonzero_head(make_value_head(model))
+    alone = _policy_grads(model, value, micro, 0.0)
+    with_value = _policy_grads(model, value, micro, 1.0)
+    for a, b in zip(alone, with_value):
+        assert (a is None and b is None) or torch.equal(a, b)
+    # the value loss does train the value model's own adapters and head
+    out = forward_response(model, micro, 1.0, value_head=value)
+    grads = torch.autograd.grad(((out.values - 3.0) ** 2 * out.mask).sum(), list(value.parameters()),
+                                allow_unused=True)
+    named = dict(zip([n for n, _ in value.named_parameters()], grads))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in named.items() if "lora_" in n)
+    assert named["head.weight"].abs().sum() > 0
+    # it shares the policy's frozen weights (held once) but none of its trainable ones
+    policy_ids = {id(p) for p in model.parameters()}
+    assert not policy_ids & {id(p) for p in value.parameters()}
+    assert any(id(p) in policy_ids for p in value.trunk.parameters() if not p.requires_grad) or all(
+        p.requires_grad for p in model.parameters())
+    # the check fails for a value head on the policy's own trunk
+    shared = _nonzero_head(torch.nn.Linear(model.config.hidden_size, 1))
+    a, b = _policy_grads(model, shared, micro, 0.0), _policy_grads(model, shared, micro, 1.0)
+    assert any(not torch.equal(x, y) for x, y in zip(a, b) if x is not None)
+
+
+def test_ppo_policy_update_does_not_depend_on_the_value_loss(lora_model):
+    """Separate losses and separate gradient clips: the policy after an update is the same whatever
+    vf_coef is (with one shared clip, the value gradient would rescale the policy's step)."""
+    model, _ = lora_model
+    prompts, responses, scores = _fixed_batch(model.config.vocab_size)
+    results = []
+    for vf_coef in (0.0, 10.0):
+        cfg = _cfg(algorithm="ppo", beta=0.05, prompts_per_step=8, vf_coef=vf_coef, grad_clip=0.01)
+        m = copy.deepcopy(model)
+        torch.manual_seed(5)  # the same value head in both runs: the values feed the advantages
+        value = _nonzero_head(make_value_head(m))
+        params = _train_params(m) + list(value.parameters())
+        optimizer = make_optimizer(params, cfg)
+        batch = RolloutBatch(prompts, responses, scores, group_size=1)
+        score_rollout(cfg, m, batch, value_head=value)
+        compute_advantages(cfg, batch)
+        rlvr_update(cfg, m, optimizer, batch, value_head=value, params=params)
+        results.append(([p.detach().clone() for p in _train_params(m)], [p.detach().clone() for p in value.parameters()]))
+    (policy_a, value_a), (policy_b, value_b) = results
+    assert all(torch.equal(x, y) for x, y in zip(policy_a, policy_b))
+    assert any(not torch.equal(x, y) for x, y in zip(value_a, value_b))
+
+
+def test_value_model_checkpoint_holds_only_what_it_trains(lora_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _ = lora_model
+    value = make_value_head(model)
+    state = value.state_dict()
+    assert set(state) == {n for n, _ in value.named_parameters()} and "head.weight" in state
+    assert all("lora_" in n or n.startswith("head.") for n in state)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "v.safetensors"))
+    other = _nonzero_head(make_value_head(model))
+    other.load_state_dict(load_file(str(tmp_path / "v.safetensors")))
+    assert all(torch.equal(a, b) for a, b in zip(value.parameters(), other.parameters()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings that reach the computation: kl_estimator, advantage_scale, loss_aggregation
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ppo_kl_estimator_drives_the_reward_and_the_log(lora_model):
+    from tulu_lab.losses import kl_estimate
+    from tulu_lab.rlvr import _step_record, UpdateStats
+
+    model, _ = lora_model
+    prompts, responses, scores = _fixed_batch(model.config.vocab_size)
+    returns = {}
+    for estimator in ("k1", "k3"):
+        cfg = _cfg(algorithm="ppo", beta=0.5, prompts_per_step=8, kl_estimator=estimator)
+        batch = RolloutBatch(prompts, responses, scores, group_size=1)
+        score_rollout(cfg, model, batch, value_head=make_value_head(model))
+        compute_advantages(cfg, batch)
+        mask = batch.response_mask
+        kl = kl_estimate(batch.old_logprobs, batch.ref_logprobs, estimator) * mask
+        # with zero values and gamma 1, lambda 0.95: the return at token 0 is the discounted reward sum;
+        # at the last token it is that token's reward: -beta * kl + score
+        last = mask.sum(1) - 1
+        rows = torch.arange(len(batch))
+        assert torch.allclose(batch.returns[rows, last], -0.5 * kl[rows, last] + scores, atol=1e-5)
+        returns[estimator] = batch.returns
+        stats = UpdateStats(0.0, 0.0, 0.0, 0.0, 0.0, None, None, 8, [])
+        info = {"lengths": [len(r) for r in responses], "correct": [False] * 8, "stopped": [True] * 8}
+        record = _step_record(cfg, 0, batch, info, stats, World(), 1e-3)
+        assert record["kl"] == pytest.approx(float(kl.sum() / mask.sum()), rel=1e-5)
+    assert not torch.allclose(returns["k1"], returns["k3"])
+
+
+def test_advantage_scale_is_reachable_from_the_config():
+    scores = torch.tensor([10.0, 0.0, 0.0, 0.0, 10.0, 10.0, 0.0, 0.0])
+    out = {}
+    for scale in ("std", "none"):
+        batch = RolloutBatch([[1]] * 8, [[2]] * 8, scores.clone(), group_size=4)
+        out[scale] = compute_advantages(_cfg(advantage_scale=scale), batch).advantages
+    assert torch.allclose(out["none"], torch.tensor([7.5, -2.5, -2.5, -2.5, 5.0, 5.0, -5.0, -5.0]))
+    assert torch.allclose(out["std"][4:], out["none"][4:] / scores[4:].std())
+
+
+def test_open_instruct_aggregation_depends_on_the_micro_batches_and_the_others_do_not(lora_model):
+    model, _ = lora_model
+    prompts, responses, scores = _fixed_batch(model.config.vocab_size)
+    scores[:4] = torch.tensor([10.0, 0.0, 0.0, 10.0])
+    for aggregation, invariant in (("sequence_mean", True), ("constant", True), ("micro_batch_mean", False)):
+        results = []
+        for size in (1, 4):
+            cfg = _cfg(beta=0.0, per_device_batch=size, loss_aggregation=aggregation)
+            params, _ = _update(model, cfg, RolloutBatch(prompts, responses, scores.clone(), group_size=4))
+            results.append(params)
+        same = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*results))
+        assert same == invariant, aggregation
+    # micro_batch_mean at one sequence per micro-batch is sequence_mean
+    one = [_update(model, _cfg(beta=0.0, per_device_batch=1, loss_aggregation=name),
+                   RolloutBatch(prompts, responses, scores.clone(), group_size=4))[0]
+           for name in ("micro_batch_mean", "sequence_mean")]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*one))
 
 
 def test_global_whitening_equals_whitening_on_one_process():

@@ -176,6 +176,30 @@ def test_probe_controls_start_at_the_given_settings():
         (2048, 16, 2.0, 7)
 
 
+def test_probe_defaults_come_from_the_recipe_rlvr_config():
+    from tulu_lab import pipeline
+    from tulu_lab.config import RLVRConfig
+    from tulu_lab.recipe import load_recipe
+
+    recipe = pipeline.rlvr_config()
+    probe = PromptProbe({"m": ScriptedBackend("a")}, threaded=False)
+    assert probe.rlvr_config == recipe
+    assert (probe.temperature.value, probe.max_new_tokens.value) == (recipe.temperature, recipe.max_new_tokens)
+    assert recipe.temperature == load_recipe().rlvr.temperature != 1.0
+    # another config: its temperature, length, reward and penalty
+    cfg = RLVRConfig.cpu_preset(temperature=0.9, max_new_tokens=40, non_stop_penalty=0.0, correct_reward=1.0)
+    examples = synthetic_examples(1, seed=0)
+    rambling = ScriptedBackend(f"The answer is {examples[0]['ground_truth']} and", stopped=False)
+    right = ScriptedBackend(f"So the answer is {examples[0]['ground_truth']}.")
+    probe = PromptProbe({"right": right, "no EOS": rambling}, examples=examples, rlvr_config=cfg, threaded=False)
+    assert (probe.temperature.value, probe.max_new_tokens.value) == (0.9, 40)
+    probe.select_example("synthetic GSM")
+    results = probe.generate()
+    assert right.calls[0]["temperature"] == 0.9 and right.calls[0]["max_new_tokens"] == 40
+    assert results["right"][0].reward == 1.0 and results["no EOS"][0].reward == 0.0
+    assert rlvr_score(True, False, cfg) == 0.0 and rlvr_score(True, False) == -10.0
+
+
 def test_probe_rejects_bad_arguments():
     with pytest.raises(ValueError, match="non-empty dict"):
         PromptProbe({})

@@ -9,7 +9,9 @@
 Every default carries a comment naming its source. "Table N" is the Tülu 3 paper (arXiv
 2411.15124, v5); "docs cmd" is open-instruct's docs/tulu3.md; the same facts, with notes, are in
 ``tulu_lab/reference/hparams.csv`` (kept as a CSV for the notebooks; this module does not read it,
-the tests check the two agree). Values marked "embedded CPU preset" are this project's choices for
+the tests check the two agree). The RLVR paper presets name a source for every value
+(``RLVRConfig.preset_sources``): an hparams.csv row or a flag of open-instruct's command as it ran
+(``tulu_lab/reference/commands.py``). Values marked "embedded CPU preset" are this project's choices for
 SmolLM2-135M on a 2-core CPU, not the paper's.
 
 Configs are plain dataclasses: validation runs in ``__post_init__`` (also after
@@ -40,7 +42,9 @@ from tulu_lab.paths import resolve_output_dir
 # Allowed names. Kept literal here so importing the configs does not import torch; a test checks
 # that they equal the tuples in tulu_lab.losses.
 DPO_LOSS_TYPES = ("dpo_norm", "dpo")
-GRPO_LOSS_TYPES = ("bnpo", "grpo", "dr_grpo")
+GRPO_LOSS_TYPES = ("bnpo", "grpo", "dr_grpo")  # TRL's names, accepted as aliases of LOSS_AGGREGATIONS
+LOSS_AGGREGATIONS = ("micro_batch_mean", "sequence_mean", "token_mean", "constant")
+ADVANTAGE_SCALES = ("std", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 RL_ALGORITHMS = ("ppo", "grpo")
 SFT_REDUCTIONS = ("sum", "mean")
@@ -410,19 +414,25 @@ class RLVRConfig(_TrainConfig):
 
     ``algorithm="ppo"`` is Tülu 3 (value model, GAE, per-token KL penalty in the reward);
     ``algorithm="grpo"`` is Tülu 3.1 (group-relative advantages, k3 KL inside the loss).
+
+    The class defaults are Tülu 3's 8B PPO run. Every value of the paper presets
+    (:meth:`for_scale`) carries its source, listed by :meth:`preset_sources`.
     """
 
     stage: ClassVar[str] = "rlvr"
 
-    seed: int = 1  # open-instruct PPO/GRPO Args default (no RLVR seed in hparams.csv)
+    seed: int = 3  # docs cmd (8B PPO) --seed 3
     output_dir: str = "runs/rlvr"
     learning_rate: float = 3e-7  # paper Table 21; docs cmd (8B)
-    lr_schedule: str = "linear"  # open-instruct PPO/GRPO Args default lr_scheduler_type
+    lr_schedule: str = "linear"  # open-instruct PPO Args default lr_scheduler_type
     warmup_ratio: float = 0.0  # paper Table 21 caption (8B)
     max_seq_len: int = 2048  # paper Table 21 max token length
     grad_clip: float | None = 1.0  # paper Table 21 gradient norm threshold
-    adam_eps: float = 1e-5  # open-instruct PPO/GRPO Args eps=1e-5
-    per_device_batch: int = 1  # open-instruct per_device_train_batch_size default
+    # open-instruct declares eps=1e-5 but builds torch.optim.AdamW(params, lr=lr): torch's eps 1e-8
+    # and weight decay 0.01 are what ran
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.01
+    per_device_batch: int = 2  # docs cmd (8B PPO) --per_device_train_batch_size 2
 
     algorithm: str = "ppo"  # paper 6: PPO with a value model
     prompts_per_step: int = 224  # paper Table 21; docs cmd 7 GPUs x 32 (8B)
@@ -432,11 +442,12 @@ class RLVRConfig(_TrainConfig):
     max_new_tokens: int = 2048  # paper Table 21 response length; docs cmd (8B)
     temperature: float = 1.0  # paper Table 21; logits are divided by it before log-probs
     beta: float = 0.05  # paper Table 21 caption; docs cmd (8B)
-    kl_estimator: str = "k1"  # PPO: the per-token reward uses logp - logp_ref (k1)
+    # the KL estimate used everywhere: PPO's per-token reward -beta * kl, GRPO's loss term, the log
+    kl_estimator: str = "k1"  # open-instruct PPO Args default kl1
     ppo_epochs: int = 4  # paper Table 21: PPO update iterations K
     num_minibatches: int = 1  # paper Table 21: N_mb
     clip: float = 0.2  # paper Table 21: PPO clip epsilon
-    value_clip: float = 0.2  # paper Table 21 (same epsilon for the value function)
+    value_clip: float = 0.2  # open-instruct PPO Args cliprange_value
     vf_coef: float = 0.1  # paper Table 21: value loss coefficient c1
     gamma: float = 1.0  # paper Table 21: discount
     lam: float = 0.95  # paper Table 21: GAE lambda
@@ -445,7 +456,17 @@ class RLVRConfig(_TrainConfig):
     non_stop_penalty: float = -10.0  # paper Table 21: replaces the score when no EOS
     reward_model_weight: float = 0.0  # paper 6: verifiable reward only (RM multiplier 0)
     value_model_init: str | None = "allenai/Llama-3.1-Tulu-3-8B-RM"  # paper 6.2/6.4: general RM, all sizes
-    grpo_loss_type: str = "bnpo"  # GRPO only: Tülu 3.1's token-level mean over the batch
+    # How per-token losses become one number (PPO and GRPO alike; tulu_lab.losses.aggregate_loss):
+    # "micro_batch_mean"  masked mean inside each micro-batch of per_device_batch responses, averaged
+    #                     over micro-batches: open-instruct's (Tülu 3 and 3.1); sequence-level weighting
+    #                     at one response per micro-batch
+    # "sequence_mean"     mean over each response's tokens, then over responses (GRPO paper; TRL "grpo")
+    # "token_mean"        one mean over every token of the minibatch (DAPO; TRL "bnpo")
+    # "constant"          token sum / (responses x max_new_tokens) (Dr. GRPO; TRL "dr_grpo")
+    loss_aggregation: str = "micro_batch_mean"  # open-instruct PPO code: masked_mean per micro-batch
+    # TRL's name for an aggregation ("bnpo" | "grpo" | "dr_grpo"): sets loss_aggregation, then reads None
+    grpo_loss_type: str | None = None
+    advantage_scale: str = "std"  # GRPO only: "std" divides by the group's std (Tülu 3.1), "none" (Dr. GRPO)
     advantage_eps: float = 1e-8  # GRPO only: Tülu 3.1 (r - mean) / (std + 1e-8)
     log_ratio_clamp: float = 40.0  # GRPO only: Tülu 3.1 clamps logp - logp_ref to +-40
     track_kl: bool = True  # project: with beta 0 still score the reference (no gradient) to log the KL
@@ -455,7 +476,12 @@ class RLVRConfig(_TrainConfig):
         self._validate_common()
         self._one_of("algorithm", RL_ALGORITHMS)
         self._one_of("kl_estimator", KL_ESTIMATORS)
-        self._one_of("grpo_loss_type", GRPO_LOSS_TYPES)
+        if self.grpo_loss_type is not None:
+            self._one_of("grpo_loss_type", GRPO_LOSS_TYPES)
+            self.loss_aggregation = TRL_LOSS_TYPE_AGGREGATION[self.grpo_loss_type]
+            self.grpo_loss_type = None
+        self._one_of("loss_aggregation", LOSS_AGGREGATIONS)
+        self._one_of("advantage_scale", ADVANTAGE_SCALES)
         self._positive("prompts_per_step", "samples_per_prompt", "max_prompt_len", "max_new_tokens",
                        "temperature", "ppo_epochs", "num_minibatches", "clip", "value_clip",
                        "advantage_eps", "log_ratio_clamp")
@@ -497,44 +523,39 @@ class RLVRConfig(_TrainConfig):
 
     @classmethod
     def for_scale(cls, scale: str, algorithm: str | None = None, **overrides: Any) -> RLVRConfig:
-        """The paper's RLVR settings for "8B" | "70B" | "405B", or the "embedded" CPU preset.
+        """Ai2's RLVR settings for "8B" | "70B" | "405B", or the "embedded" CPU preset.
 
         ``algorithm`` defaults to "ppo" (Tülu 3) at the paper scales and to "grpo" for "embedded"
-        (see :meth:`cpu_preset`). ``algorithm="grpo"`` applies Tülu 3.1's changes on top of the scale's PPO settings:
-        16 samples per prompt, beta 0.01, k3 KL in the loss, no value model. Tülu 3.1's prompt
-        batch and learning rate are not in hparams.csv; the scale's PPO values are kept.
+        (see :meth:`cpu_preset`). ``algorithm="grpo"`` is the Tülu 3.1 run as its command ran it
+        (open-instruct docs/tulu3.md, Llama-3.1-Tulu-3.1-8B): 1 epoch, lr 5e-7 constant, no non-stop
+        penalty (0.0), beta 0.01 with k3, 16 samples per prompt, 48 prompts per step in 2 minibatches
+        of 384 responses, micro-batches of 2. Ai2 ran GRPO at 8B only: "70B" and "405B" with
+        "grpo" give the same 8B command's settings. :meth:`preset_sources` names each value's source.
         """
         scale = _normalise_scale(scale)
         if scale == EMBEDDED:
             return cls.cpu_preset(algorithm=algorithm or "grpo", **overrides)
         algorithm = algorithm or "ppo"
-        by_scale = {
-            "8B": dict(),
-            "70B": dict(
-                learning_rate=1e-7,  # paper 6.4; docs cmd
-                prompts_per_step=640,  # paper 6.4; docs cmd 40 GPUs x 16
-                total_episodes=400_000,  # paper 6.4; docs cmd
-                warmup_ratio=0.1,  # paper 6.4; docs cmd (Table 21 caption says 0.07)
-                beta=0.07,  # docs cmd; Table 21 caption (6.4 text's 0.7 is a typo)
-                eval_every=40,  # paper 6.4
-            ),
-            "405B": dict(
-                learning_rate=1e-7,  # paper Table 35; docs cmd; HF card
-                prompts_per_step=1856,  # paper Table 35; HF card; docs cmd 232 GPUs x 8
-                max_new_tokens=1024,  # paper Table 35; docs cmd (HF card says 2048)
-                total_episodes=300_000,  # paper Table 35; HF card
-                max_steps=75,  # paper 8.1: the run stopped after 75 steps
-                ppo_epochs=1,  # paper Table 35 (docs cmd and HF card say 4)
-                beta=0.05,  # paper Table 35; docs cmd; HF card
-                warmup_ratio=0.0,  # paper Table 35; HF card
-            ),
-        }
-        values = by_scale[scale]
-        if algorithm == "grpo":
-            values = {**values, **_TULU31_GRPO}
-        else:
-            values = {**values, "algorithm": algorithm}
+        if algorithm not in RL_ALGORITHMS:
+            raise ValueError(f"RLVRConfig.for_scale: unknown algorithm {algorithm!r}; allowed: {list(RL_ALGORITHMS)}")
+        values = {name: value for name, (value, _) in _paper_preset(scale, algorithm).items()}
         return cls(**{**values, **overrides})
+
+    @classmethod
+    def preset_sources(cls, scale: str, algorithm: str = "ppo") -> dict[str, str]:
+        """Where each value of ``for_scale(scale, algorithm)`` comes from, field -> source.
+
+        ``"hparams.csv RLVR,SCALE,PARAM"``: that row of tulu_lab/reference/hparams.csv (whose own
+        source column names the paper table or command); ``"cmd NAME FLAG"``: the flag (or the
+        script's default) of open-instruct's command NAME in ``tulu_lab.reference.commands``;
+        ``"cmd NAME sizes.KEY"``: a batch size the script derives from that command's flags.
+        Fields the algorithm does not use, and the project's own (paths, precision, LoRA), are absent.
+        """
+        scale = _normalise_scale(scale)
+        if scale == EMBEDDED:
+            raise ValueError("RLVRConfig.preset_sources: the embedded preset is this project's choice; "
+                             "its comments in RLVRConfig.cpu_preset give the reasons")
+        return {name: source for name, (_, source) in _paper_preset(scale, algorithm).items()}
 
     @classmethod
     def cpu_preset(cls, algorithm: str = "grpo", **overrides: Any) -> RLVRConfig:
@@ -544,7 +565,10 @@ class RLVRConfig(_TrainConfig):
             seed=1,  # open-instruct default
             output_dir="runs/rlvr-embedded",
             learning_rate=2e-5,  # embedded CPU preset: LoRA rate for RL, well below SFT's
+            lr_schedule="linear",  # embedded CPU preset: decays over its 40 steps
             warmup_ratio=0.0,  # paper Table 21 caption
+            adam_eps=1e-5,  # embedded CPU preset (the value open-instruct declares, not the one it ran)
+            weight_decay=0.0,  # embedded CPU preset: no decay on LoRA adapters
             max_steps=40,  # embedded CPU preset: about 20 minutes
             total_episodes=None,  # embedded CPU preset: max_steps decides
             per_device_batch=8,  # embedded CPU preset: one prompt's group per pass
@@ -557,7 +581,15 @@ class RLVRConfig(_TrainConfig):
             beta=0.04,  # embedded CPU preset (TRL's former GRPO default)
             kl_estimator="k3",  # Tülu 3.1
             ppo_epochs=1,  # embedded CPU preset: one update per rollout, on-policy
-            grpo_loss_type="bnpo",  # Tülu 3.1
+            # embedded CPU preset: one token mean over the minibatch (DAPO), so the update does not
+            # depend on how the CPU splits it into micro-batches; Tülu's is "micro_batch_mean"
+            loss_aggregation="token_mean",
+            advantage_scale="std",  # Tülu 3.1
+            # Kept on purpose, not inherited: with only 96 new tokens a response cut at the limit
+            # seldom holds a checkable answer, and replacing its score by -10 teaches the small model to
+            # finish in budget (the embedded runs in the README used it). Under group normalisation it
+            # is a strong length penalty; Tülu 3.1 ran GRPO with 0.0 (docs cmd --penalty_reward_value).
+            non_stop_penalty=-10.0,
             value_model_init=None,  # GRPO has no value model
             precision="bf16-autocast",  # embedded CPU preset
             lora=LoraSettings(),  # embedded CPU preset
@@ -572,16 +604,115 @@ class RLVRConfig(_TrainConfig):
         return cls(**{**values, **overrides})
 
 
-_TULU31_GRPO = dict(
-    algorithm="grpo",  # Tülu 3.1 (Feb 2025)
-    samples_per_prompt=16,  # Tülu 3.1: 16 samples per prompt
-    beta=0.01,  # Tülu 3.1
-    kl_estimator="k3",  # Tülu 3.1: open-instruct --kl_estimator kl3
-    grpo_loss_type="bnpo",  # Tülu 3.1: masked mean over all tokens of the batch
-    advantage_eps=1e-8,  # Tülu 3.1
-    log_ratio_clamp=40.0,  # Tülu 3.1
-    value_model_init=None,  # GRPO has no value model
-)
+# TRL GRPOTrainer loss_type -> the aggregation it computes
+TRL_LOSS_TYPE_AGGREGATION = {"bnpo": "token_mean", "grpo": "sequence_mean", "dr_grpo": "constant"}
+
+
+# The paper presets, value and source per field (see RLVRConfig.preset_sources for the notation).
+_TULU3_PPO_ALL: dict[str, tuple[Any, str]] = {
+    "algorithm": ("ppo", "hparams.csv RLVR,all,algorithm"),
+    "lr_schedule": ("linear", "cmd tulu3_ppo_8b lr_scheduler_type"),
+    "max_seq_len": (2048, "hparams.csv RLVR,all,max_token_len"),
+    "grad_clip": (1.0, "hparams.csv RLVR,all,grad_norm_clip"),
+    "adam_eps": (1e-8, "cmd tulu3_ppo_8b adamw_eps_as_run"),
+    "weight_decay": (0.01, "cmd tulu3_ppo_8b adamw_weight_decay_as_run"),
+    "samples_per_prompt": (1, "cmd tulu3_ppo_8b number_samples_per_prompt"),
+    "max_prompt_len": (2048, "hparams.csv RLVR,all,max_prompt_len"),
+    "temperature": (1.0, "hparams.csv RLVR,all,temperature"),
+    "kl_estimator": ("k1", "cmd tulu3_ppo_8b kl_estimator"),
+    "num_minibatches": (1, "hparams.csv RLVR,all,minibatches_Nmb"),
+    "clip": (0.2, "hparams.csv RLVR,all,clip_eps"),
+    "value_clip": (0.2, "cmd tulu3_ppo_8b cliprange_value"),
+    "vf_coef": (0.1, "hparams.csv RLVR,all,value_coef_c1"),
+    "gamma": (1.0, "hparams.csv RLVR,all,gamma"),
+    "lam": (0.95, "hparams.csv RLVR,all,gae_lambda"),
+    "whiten_advantages": (True, "cmd tulu3_ppo_8b whiten_advantages"),
+    "correct_reward": (10.0, "hparams.csv RLVR,all,reward_correct_alpha"),
+    "non_stop_penalty": (-10.0, "hparams.csv RLVR,all,non_eos_penalty"),
+    "reward_model_weight": (0.0, "cmd tulu3_ppo_8b reward_model_multiplier"),
+    "value_model_init": ("allenai/Llama-3.1-Tulu-3-8B-RM", "cmd tulu3_ppo_8b reward_model_path"),
+    "loss_aggregation": ("micro_batch_mean", "cmd tulu3_ppo_8b loss_aggregation"),
+}
+
+_TULU3_PPO_SCALE: dict[str, dict[str, tuple[Any, str]]] = {
+    "8B": {
+        "seed": (3, "cmd tulu3_ppo_8b seed"),
+        "learning_rate": (3e-7, "hparams.csv RLVR,8B,learning_rate"),
+        "warmup_ratio": (0.0, "hparams.csv RLVR,8B,warmup_ratio"),
+        "per_device_batch": (2, "cmd tulu3_ppo_8b per_device_train_batch_size"),
+        "prompts_per_step": (224, "hparams.csv RLVR,8B,effective_batch"),
+        "total_episodes": (100_000, "hparams.csv RLVR,8B,total_episodes_ablation"),
+        "max_new_tokens": (2048, "hparams.csv RLVR,8B,response_length"),
+        "beta": (0.05, "hparams.csv RLVR,8B,beta"),
+        "ppo_epochs": (4, "hparams.csv RLVR,8B,ppo_update_iters_K"),
+        "eval_every": (100, "hparams.csv RLVR,8B,eval_every_steps"),
+    },
+    "70B": {
+        "seed": (8, "cmd tulu3_ppo_70b seed"),
+        "learning_rate": (1e-7, "hparams.csv RLVR,70B,learning_rate"),
+        "warmup_ratio": (0.1, "hparams.csv RLVR,70B,warmup_ratio"),  # Table 21 caption says 0.07
+        "per_device_batch": (1, "cmd tulu3_ppo_70b per_device_train_batch_size"),
+        "prompts_per_step": (640, "hparams.csv RLVR,70B,effective_batch"),
+        "total_episodes": (400_000, "hparams.csv RLVR,70B,total_episodes"),
+        "max_new_tokens": (2048, "hparams.csv RLVR,70B,response_length"),
+        "beta": (0.07, "hparams.csv RLVR,70B,beta"),  # the 6.4 text's 0.7 is a typo
+        "ppo_epochs": (4, "cmd tulu3_ppo_70b num_epochs"),
+        "eval_every": (40, "hparams.csv RLVR,70B,eval_every_steps"),
+    },
+    "405B": {
+        "seed": (3, "cmd tulu3_ppo_405b seed"),
+        "learning_rate": (1e-7, "hparams.csv RLVR,405B,learning_rate"),
+        "warmup_ratio": (0.0, "hparams.csv RLVR,405B,warmup_ratio"),
+        "per_device_batch": (1, "cmd tulu3_ppo_405b per_device_train_batch_size"),
+        "prompts_per_step": (1856, "hparams.csv RLVR,405B,effective_batch"),
+        "total_episodes": (300_000, "hparams.csv RLVR,405B,total_episodes"),  # docs cmd 400000
+        "max_steps": (75, "hparams.csv RLVR,405B,training_steps"),  # the run stopped after 75 steps
+        "max_new_tokens": (1024, "hparams.csv RLVR,405B,response_length"),  # HF card says 2048
+        "beta": (0.05, "hparams.csv RLVR,405B,beta"),
+        "ppo_epochs": (1, "hparams.csv RLVR,405B,ppo_update_iters_K"),  # docs cmd and HF card say 4
+        "eval_every": (71, "cmd tulu3_ppo_405b sizes.eval_every"),
+    },
+}
+
+# Tülu 3.1: the command that produced Llama-3.1-Tulu-3.1-8B (docs/tulu3.md), every value from it
+_TULU31_GRPO: dict[str, tuple[Any, str]] = {
+    "algorithm": ("grpo", "cmd tulu31_grpo_8b algorithm"),
+    "seed": (1, "cmd tulu31_grpo_8b seed"),
+    "learning_rate": (5e-7, "cmd tulu31_grpo_8b learning_rate"),
+    "lr_schedule": ("constant", "cmd tulu31_grpo_8b lr_scheduler_type"),
+    "warmup_ratio": (0.0, "cmd tulu31_grpo_8b warmup_ratio"),
+    "max_seq_len": (2048, "cmd tulu31_grpo_8b max_token_length"),
+    "grad_clip": (1.0, "cmd tulu31_grpo_8b max_grad_norm"),
+    "adam_eps": (1e-8, "cmd tulu31_grpo_8b adamw_eps_as_run"),
+    "weight_decay": (0.01, "cmd tulu31_grpo_8b adamw_weight_decay_as_run"),
+    "per_device_batch": (2, "cmd tulu31_grpo_8b per_device_train_batch_size"),
+    "prompts_per_step": (48, "cmd tulu31_grpo_8b sizes.prompts_per_step"),
+    "samples_per_prompt": (16, "cmd tulu31_grpo_8b number_samples_per_prompt"),
+    "total_episodes": (10_000_000, "cmd tulu31_grpo_8b total_episodes"),
+    "max_prompt_len": (2048, "cmd tulu31_grpo_8b max_prompt_token_length"),
+    "max_new_tokens": (2048, "cmd tulu31_grpo_8b response_length"),
+    "temperature": (1.0, "cmd tulu31_grpo_8b temperature"),
+    "beta": (0.01, "cmd tulu31_grpo_8b beta"),
+    "kl_estimator": ("k3", "cmd tulu31_grpo_8b kl_estimator"),
+    "ppo_epochs": (1, "cmd tulu31_grpo_8b num_epochs"),
+    "num_minibatches": (2, "cmd tulu31_grpo_8b sizes.num_minibatches"),
+    "clip": (0.2, "cmd tulu31_grpo_8b cliprange"),
+    "correct_reward": (10.0, "cmd tulu31_grpo_8b verification_reward"),
+    "non_stop_penalty": (0.0, "cmd tulu31_grpo_8b penalty_reward_value"),
+    "reward_model_weight": (0.0, "cmd tulu31_grpo_8b reward_model_multiplier"),
+    "value_model_init": (None, "cmd tulu31_grpo_8b value_model"),
+    "loss_aggregation": ("micro_batch_mean", "cmd tulu31_grpo_8b loss_aggregation"),
+    "advantage_scale": ("std", "cmd tulu31_grpo_8b advantage_scale"),
+    "advantage_eps": (1e-8, "cmd tulu31_grpo_8b advantage_eps"),
+    "log_ratio_clamp": (40.0, "cmd tulu31_grpo_8b log_ratio_clamp"),
+    "eval_every": (434, "cmd tulu31_grpo_8b sizes.eval_every"),
+}
+
+
+def _paper_preset(scale: str, algorithm: str) -> dict[str, tuple[Any, str]]:
+    if algorithm == "grpo":
+        return dict(_TULU31_GRPO)
+    return {**_TULU3_PPO_ALL, **_TULU3_PPO_SCALE[scale]}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,9 +38,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 DPO_LOSS_TYPES = ("dpo", "dpo_norm")
-GRPO_LOSS_TYPES = ("bnpo", "grpo", "dr_grpo")
+GRPO_LOSS_TYPES = ("bnpo", "grpo", "dr_grpo")  # TRL's names; each is one of LOSS_AGGREGATIONS
+LOSS_AGGREGATIONS = ("micro_batch_mean", "sequence_mean", "token_mean", "constant")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 ADVANTAGE_SCALES = ("std", "none")
+TRL_LOSS_TYPE_AGGREGATION = {"bnpo": "token_mean", "grpo": "sequence_mean", "dr_grpo": "constant"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,6 +269,89 @@ def dpo_loss(
 
 
 # ----------------------------------------------------------------------------------------------
+# Loss aggregation: how per-token RL losses become one number (PPO and GRPO)
+# ----------------------------------------------------------------------------------------------
+
+
+def _aggregation_name(aggregation: str) -> str:
+    name = TRL_LOSS_TYPE_AGGREGATION.get(aggregation, aggregation)
+    if name not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {aggregation!r}; allowed: {list(LOSS_AGGREGATIONS)} "
+                         f"(or TRL's {list(GRPO_LOSS_TYPES)})")
+    return name
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str,
+                   max_len: int | None = None) -> torch.Tensor:
+    """One micro-batch's per-token losses ``(B, T)`` reduced as ``aggregation`` says.
+
+    Math (``m`` the mask, ``n_i`` row i's tokens, ``L`` = ``max_len``, default ``T``)::
+
+        "token_mean", "micro_batch_mean":  sum_{i,t} l m / sum_{i,t} m
+        "sequence_mean":                   (1/B) sum_i ( sum_t l m / n_i )
+        "constant":                        sum_{i,t} l m / (B * L)
+
+    The two token means differ only in how micro-batches combine into a minibatch
+    (:func:`micro_batch_weight`). TRL's names are accepted: "bnpo" = "token_mean", "grpo" =
+    "sequence_mean", "dr_grpo" = "constant".
+    """
+    name = _aggregation_name(aggregation)
+    m = mask.to(per_token.dtype)
+    if name in ("token_mean", "micro_batch_mean"):
+        return (per_token * m).sum() / m.sum().clamp(min=1.0)
+    if name == "sequence_mean":
+        return ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
+    length = max_len if max_len is not None else mask.size(-1)
+    return (per_token * m).sum() / (per_token.size(0) * length)
+
+
+def micro_batch_weight(aggregation: str, *, micro_tokens: float, micro_sequences: int, minibatch_tokens: float,
+                       minibatch_sequences: int, minibatch_micro_batches: int) -> float:
+    """The factor on one micro-batch's :func:`aggregate_loss` so that the weighted sum over the
+    minibatch's micro-batches (on every process) is the minibatch's loss.
+
+    Math (minibatch of ``N`` tokens, ``S`` sequences, ``M`` micro-batches; this micro-batch ``N_m``, ``S_m``)::
+
+        "token_mean":        N_m / N    ->  sum over all tokens / N             (DAPO; TRL "bnpo")
+        "sequence_mean":     S_m / S    ->  mean over sequences of their means   (GRPO; TRL "grpo")
+        "constant":          S_m / S    ->  sum over all tokens / (S * max_len)  (Dr. GRPO)
+        "micro_batch_mean":  1 / M      ->  mean over micro-batches of their token means
+                                             (open-instruct: masked_mean per micro-batch, DeepSpeed
+                                             averages the accumulated micro-batches and processes)
+
+    The first three do not depend on how the minibatch is cut into micro-batches; the last does
+    (it is "sequence_mean" at one sequence per micro-batch, "token_mean" at one micro-batch).
+    """
+    name = _aggregation_name(aggregation)
+    if name == "token_mean":
+        return micro_tokens / max(minibatch_tokens, 1.0)
+    if name in ("sequence_mean", "constant"):
+        return micro_sequences / max(minibatch_sequences, 1)
+    return 1.0 / max(minibatch_micro_batches, 1)
+
+
+def minibatch_loss(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str, micro_batch_size: int,
+                   max_len: int | None = None) -> torch.Tensor:
+    """A minibatch's loss built as a training loop builds it: consecutive micro-batches of
+    ``micro_batch_size`` rows, each reduced by :func:`aggregate_loss` and weighted by
+    :func:`micro_batch_weight`. See those two for the math."""
+    if micro_batch_size < 1:
+        raise ValueError(f"minibatch_loss: micro_batch_size must be >= 1, got {micro_batch_size}")
+    _check_same_shape(per_token=per_token, mask=mask)
+    rows = per_token.size(0)
+    starts = list(range(0, rows, micro_batch_size))
+    total = per_token.new_zeros(())
+    for start in starts:
+        chunk = slice(start, start + micro_batch_size)
+        part = aggregate_loss(per_token[chunk], mask[chunk], aggregation, max_len)
+        weight = micro_batch_weight(aggregation, micro_tokens=float(mask[chunk].sum()),
+                                    micro_sequences=int(mask[chunk].size(0)), minibatch_tokens=float(mask.sum()),
+                                    minibatch_sequences=rows, minibatch_micro_batches=len(starts))
+        total = total + part * weight
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
 # RLVR rewards (Tülu 3 PPO)
 # ----------------------------------------------------------------------------------------------
 
@@ -323,14 +408,17 @@ def per_token_rewards(
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     beta: float,
+    kl_estimator: str = "k1",
 ) -> torch.Tensor:
     """PPO per-token rewards: a KL penalty on every token, the score on the last real token.
 
     Math (``T_i`` = last unmasked position of row ``i``)::
 
-        r_{i,t} = -beta * (logp_{i,t} - logp_ref_{i,t}) * mask_{i,t}  +  score_i * 1[t = T_i]
+        r_{i,t} = -beta * kl_{i,t} * mask_{i,t}  +  score_i * 1[t = T_i]
+        kl_{i,t} = k1: logp - logp_ref  |  k2: (logp - logp_ref)^2 / 2  |  k3: exp(d) - d - 1, d = logp_ref - logp
 
-    The KL term is the sampled (k1) estimate; it is computed without gradient (rewards are data).
+    Tülu 3 used k1 (open-instruct's PPO ``--kl_estimator`` default ``kl1``, which chose the reward's
+    estimate as here). Computed without gradient (rewards are data).
 
     Args:
         score: ``(batch,)`` sequence scores (:func:`verifiable_score`).
@@ -338,6 +426,7 @@ def per_token_rewards(
             that sampled them and under the reference.
         mask: ``(batch, T)`` response mask; every row needs at least one true entry.
         beta: KL coefficient (Tülu 3: 0.05 at 8B and 405B, 0.07 at 70B).
+        kl_estimator: "k1" (default), "k2" or "k3".
 
     Returns:
         ``(batch, T)`` float32 rewards, 0 on padding.
@@ -348,7 +437,7 @@ def per_token_rewards(
             f"per_token_rewards: score must be (batch,)={tuple(logprobs.shape[:1])}, got {tuple(score.shape)}"
         )
     with torch.no_grad():
-        kl = (logprobs.float() - ref_logprobs.float()) * mask.float()
+        kl = kl_estimate(logprobs.float(), ref_logprobs.float(), kl_estimator) * mask.float()
         rewards = -beta * kl
         last = last_token_index(mask)
         rewards[torch.arange(rewards.size(0), device=rewards.device), last] += score.float()
@@ -434,13 +523,15 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip: float = 0.2,
+    aggregation: str = "token_mean",
+    max_len: int | None = None,
 ) -> PolicyLossOutput:
-    """PPO clipped surrogate, averaged over all unmasked tokens of the batch.
+    """PPO clipped surrogate, reduced over the batch by ``aggregation`` (:func:`aggregate_loss`).
 
     Math (``rho_t = exp(logp_new_t - logp_old_t)``)::
 
         l_t  = max( -A_t * rho_t,  -A_t * clip(rho_t, 1 - clip, 1 + clip) )
-        loss = sum_t l_t mask_t / sum_t mask_t
+        loss = sum_t l_t mask_t / sum_t mask_t                 ("token_mean", the default)
         clip_fraction = mean over unmasked tokens of 1[the clipped branch is the larger]
         approx_kl     = mean over unmasked tokens of 0.5 * (logp_new - logp_old)^2
 
@@ -457,7 +548,7 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, aggregation, max_len)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean(0.5 * log_ratio**2, mask)
@@ -478,10 +569,12 @@ def ppo_value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip: float = 0.2,
+    aggregation: str = "token_mean",
+    max_len: int | None = None,
 ) -> ValueLossOutput:
     """PPO clipped value loss (Tülu 3: value clip 0.2; weighted by vf_coef 0.1 in the total loss).
 
-    Math::
+    Math (the mean is ``aggregation``'s, :func:`aggregate_loss`; "token_mean" by default)::
 
         V_clip = V_old + clip(V - V_old, -clip, +clip)
         loss   = 0.5 * mean_unmasked( max( (V - R)^2, (V_clip - R)^2 ) )
@@ -494,7 +587,7 @@ def ppo_value_loss(
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    loss = 0.5 * aggregate_loss(torch.maximum(loss_unclipped, loss_clipped), mask, aggregation, max_len)
     with torch.no_grad():
         clip_fraction = masked_mean((loss_clipped > loss_unclipped).float(), mask)
     return ValueLossOutput(loss=loss, clip_fraction=clip_fraction)
@@ -608,16 +701,6 @@ def _per_token(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return advantages.detach()
 
 
-def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_len: int) -> torch.Tensor:
-    m = mask.to(per_token.dtype)
-    if loss_type == "bnpo":  # token-level mean over the whole batch
-        return (per_token * m).sum() / m.sum().clamp(min=1.0)
-    if loss_type == "grpo":  # mean over each sequence's tokens, then mean over sequences
-        return ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
-    # dr_grpo: token sum divided by a constant, batch * max completion length
-    return (per_token * m).sum() / (per_token.size(0) * max_len)
-
-
 def grpo_loss(
     new_logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -640,12 +723,14 @@ def grpo_loss(
         kl_t = k3 estimate of d_t: exp(-d_t) + d_t - 1        (or k1 / k2)
         l_t  = pg_t + beta * kl_t
 
-    Aggregation over tokens (names as in TRL's GRPOTrainer ``loss_type``)::
+    Aggregation over the batch's tokens (``loss_type``, :func:`aggregate_loss`; TRL's names accepted)::
 
-        "bnpo":    sum_{i,t} l m / sum_{i,t} m         token-level mean over the batch; what
-                                                       Tülu 3.1's open-instruct GRPO used
-        "grpo":    mean_i ( sum_t l m / sum_t m )      per-sequence mean, then batch mean
-        "dr_grpo": sum_{i,t} l m / (batch * max_completion_length)
+        "token_mean" / "bnpo":     sum_{i,t} l m / sum_{i,t} m        (DAPO)
+        "sequence_mean" / "grpo":  mean_i ( sum_t l m / sum_t m )     (GRPO paper)
+        "constant" / "dr_grpo":    sum_{i,t} l m / (batch * max_completion_length)   (Dr. GRPO)
+        "micro_batch_mean":        as "token_mean" inside this batch; open-instruct (Tülu 3.1) ran
+                                   it per micro-batch of 2 and averaged micro-batches
+                                   (:func:`micro_batch_weight`), which weighs sequences, not tokens
 
     The ±40 clamp on the reference log-ratio is Tülu 3.1's guard against exp overflow in the KL
     term; TRL does not clamp, so both agree whenever |logp_new - logp_ref| < 40.
@@ -660,8 +745,9 @@ def grpo_loss(
         beta: KL coefficient (Tülu 3.1: 0.01).
         max_completion_length: divisor for "dr_grpo"; defaults to ``T``.
     """
-    if loss_type not in GRPO_LOSS_TYPES:
-        raise ValueError(f"grpo_loss: unknown loss_type {loss_type!r}; allowed: {list(GRPO_LOSS_TYPES)}")
+    if loss_type not in GRPO_LOSS_TYPES + LOSS_AGGREGATIONS:
+        raise ValueError(f"grpo_loss: unknown loss_type {loss_type!r}; allowed: "
+                         f"{list(LOSS_AGGREGATIONS + GRPO_LOSS_TYPES)}")
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"grpo_loss: unknown kl_estimator {kl_estimator!r}; allowed: {list(KL_ESTIMATORS)}")
     if beta < 0:
@@ -686,9 +772,9 @@ def grpo_loss(
         kl = torch.zeros_like(pg)
 
     max_len = max_completion_length if max_completion_length is not None else mask.size(-1)
-    loss = _aggregate(pg + beta * kl, mask, loss_type, max_len)
+    loss = aggregate_loss(pg + beta * kl, mask, loss_type, max_len)
     with torch.no_grad():
-        policy_loss = _aggregate(pg, mask, loss_type, max_len)
+        policy_loss = aggregate_loss(pg, mask, loss_type, max_len)
         mean_kl = masked_mean(kl, mask)
         clip_fraction = masked_mean((clipped > unclipped).float(), mask)
     return GRPOLossOutput(loss=loss, policy_loss=policy_loss, kl=mean_kl, clip_fraction=clip_fraction)

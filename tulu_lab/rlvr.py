@@ -15,18 +15,25 @@
 3. score pass  one no-grad forward per micro-batch, once per rollout: the rollout policy's log-probs
                (adapters on), the reference log-probs (adapters disabled) and the values; every PPO
                epoch reuses them (GRPO takes the rollout policy's log-probs from the sampler)
-4. advantage   "ppo": per-token reward ``-beta * (logp - logp_ref)`` with the score added on the last
-               token, GAE (gamma 1, lambda 0.95), whitened over the whole batch;
-               "grpo": ``(r - mean_group) / (std_group + eps)`` per prompt
+4. advantage   "ppo": per-token reward ``-beta * kl`` (``cfg.kl_estimator``; Tülu 3: k1 = logp - logp_ref)
+               with the score added on the last token, GAE (gamma 1, lambda 0.95), whitened over the batch;
+               "grpo": ``(r - mean_group) / (std_group + eps)`` per prompt (``cfg.advantage_scale="none"``:
+               without the std)
 5. update      ``ppo_epochs`` x ``num_minibatches`` optimiser steps of the clipped policy loss, plus the
-               clipped value loss x ``vf_coef`` (ppo) or ``beta`` x the k3 KL inside the loss (grpo)
+               clipped value loss x ``vf_coef`` on the separate value model (ppo) or ``beta`` x the KL
+               estimate inside the loss (grpo)
 
 Forward passes run the model on the response tokens with each distinct prompt run once per
 micro-batch (the samples of a group share its key/value cache) and the language-model head applied to
 response positions only; micro-batches are bucketed by length, padded to their own longest row.
-The loss of every micro-batch is divided by the token (or sequence) count of its whole minibatch,
-summed over every process, so gradient accumulation, bucketing by length, skipping and several
-processes all give the gradient of one big batch (:func:`rlvr_update`; tested with torchrun).
+Per-token losses become one number as ``cfg.loss_aggregation`` says: open-instruct's mean of
+per-micro-batch token means ("micro_batch_mean", the Tülu presets), one token mean over the minibatch
+("token_mean", DAPO; the embedded preset), per-sequence means ("sequence_mean") or a constant
+normaliser ("constant", Dr. GRPO). Each micro-batch is weighted against its minibatch's counts summed
+over every process, so with the last three, gradient accumulation, bucketing by length, skipping and
+several processes all give the gradient of one big batch (:func:`rlvr_update`; tested with torchrun).
+open-instruct drew its micro-batches at random; here they are bucketed by length, which matters for
+"micro_batch_mean" only.
 
 Where this departs from the paper (and from open-instruct's code)
 -----------------------------------------------------------------
@@ -34,9 +41,11 @@ Where this departs from the paper (and from open-instruct's code)
   the same network with its adapters disabled (``with model.disable_adapter():``), which is the
   starting checkpoint; without LoRA it is a frozen copy made at the start.
 * Value model: the paper trains a separate value model initialised from Tulu-3-8B-RM
-  (``cfg.value_model_init``, ignored here). Here it is a small ``nn.Linear(hidden, 1)`` head on the
-  policy's last hidden state, zero-initialised, sharing the trunk (and its adapters) with the policy,
-  trained with the clipped value loss x ``vf_coef`` and saved in checkpoints (``value_head``).
+  (``cfg.value_model_init``, not loaded here). Here it is separate too (:class:`ValueModel`): a copy of
+  the policy made at the start, sharing the policy's frozen weights but with its own adapters (or own
+  weights in full fine-tuning), and a zero-initialised ``nn.Linear(hidden, 1)`` head. The value loss
+  x ``vf_coef`` reaches only its parameters, whose gradient norm is clipped apart from the policy's;
+  it is saved in checkpoints (``value_head``: adapters and head only).
 * The score sits on the last real response token (see ``tulu_lab.losses``), not one position later.
 * The score pass runs in eval mode (no LoRA dropout); the training forward runs in train mode.
 * GRPO with one epoch and one minibatch skips the rollout-policy pass: the "old" log-probs are the
@@ -48,7 +57,8 @@ Where this departs from the paper (and from open-instruct's code)
 * With ``beta == 0`` (GRPO), sequences whose advantage is exactly 0 (e.g. every sample of the group
   scored the same) skip their forward and backward passes: their loss term and gradient are exactly 0.
   They still count in the loss normaliser and the optimiser still steps, so the update is unchanged.
-* The non-stop penalty applies to GRPO too (Tülu 3 PPO setting; ``cfg.non_stop_penalty``).
+* The non-stop penalty is ``cfg.non_stop_penalty`` for both algorithms: -10 in Tülu 3 (PPO), 0.0 in
+  Tülu 3.1 (GRPO); the embedded preset keeps -10 (see ``RLVRConfig.cpu_preset``).
 * Log-probs come from bf16 compute (weights or autocast, ``cfg.precision``), log-softmax in float32.
   On a CPU without bf16 matrix instructions the run computes in float32 instead (with a warning).
 * The learning-rate schedule advances once per rollout step (not per minibatch).
@@ -84,6 +94,7 @@ from tulu_lab.losses import (
     kl_estimate,
     masked_mean,
     masked_sum,
+    micro_batch_weight,
     per_token_rewards,
     ppo_policy_loss,
     ppo_value_loss,
@@ -264,16 +275,11 @@ class ForwardOutput:
     entropy: torch.Tensor | None      # (B, T) float32, detached
 
 
-def forward_response(model, micro: MicroBatch, temperature: float, *, value_head: nn.Module | None = None,
-                     with_entropy: bool = False) -> ForwardOutput:
-    """Log-probs (and values, entropy) of the response tokens under ``softmax(logits / temperature)``.
-
-    Each distinct prompt runs once (its cache is shared by its responses) and the language-model head
-    runs on the response positions only. Equals scoring ``model(prompt + response).logits`` for causal
-    LMs whose head is a plain output projection (Llama, Qwen, Mistral, ...; a test checks it).
-    """
-    base = _base_model(model)
-    decoder = base.get_decoder()
+def _response_hidden(model, micro: MicroBatch) -> torch.Tensor:
+    """Last hidden states ``(B, T + 1, H)``: the prompt's last position, then every response position
+    (position j predicts response token j). Each distinct prompt runs once; its key/value cache is
+    shared by its responses."""
+    decoder = _base_model(model).get_decoder()
     # 1. each distinct prompt once; keep its key/value cache
     prompt_positions = (micro.prompt_mask.cumsum(-1) - 1).clamp(min=0)
     prompt_out = decoder(input_ids=micro.prompt_ids, attention_mask=micro.prompt_mask,
@@ -286,11 +292,29 @@ def forward_response(model, micro: MicroBatch, temperature: float, *, value_head
                            position_ids=micro.response_positions, cache=cache, use_cache=True)
     # 3. the prompt's last hidden state predicts response token 0, response state j predicts token j + 1
     last_prompt = prompt_out.last_hidden_state[micro.prompt_index, -1:]
-    response_hidden = torch.cat([last_prompt, response_out.last_hidden_state], dim=1)   # (B, T + 1, H)
+    return torch.cat([last_prompt, response_out.last_hidden_state], dim=1)
+
+
+def forward_response(model, micro: MicroBatch, temperature: float, *, value_head: nn.Module | None = None,
+                     with_entropy: bool = False) -> ForwardOutput:
+    """Log-probs (and values, entropy) of the response tokens under ``softmax(logits / temperature)``.
+
+    Each distinct prompt runs once (its cache is shared by its responses) and the language-model head
+    runs on the response positions only. Equals scoring ``model(prompt + response).logits`` for causal
+    LMs whose head is a plain output projection (Llama, Qwen, Mistral, ...; a test checks it).
+
+    ``value_head``: a :class:`ValueModel` (its own trunk: the values cost a second pass and their
+    gradient never reaches ``model``), or a bare module applied to ``model``'s own hidden states
+    (a value head sharing the policy's trunk).
+    """
+    base = _base_model(model)
+    response_hidden = _response_hidden(model, micro)   # (B, T + 1, H)
     logprobs, mask, entropy = _head_logprobs(base.get_output_embeddings(), response_hidden[:, :-1],
                                              micro.labels[:, 1:], temperature, with_entropy)
     values = None
-    if value_head is not None:
+    if isinstance(value_head, ValueModel):
+        values = value_head(micro)
+    elif value_head is not None:
         with torch.autocast(device_type=response_hidden.device.type, enabled=False):  # values in float32
             values = value_head(response_hidden[:, :-1].float()).squeeze(-1)
     return ForwardOutput(logprobs, mask, values, entropy)
@@ -328,14 +352,74 @@ def _unpack(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 
-def make_value_head(model) -> nn.Linear:
-    """``nn.Linear(hidden_size, 1)`` on the policy's last hidden state, zero-initialised (values start at
-    0 and the trunk receives no value gradient until the head has learnt something)."""
+class ValueModel(nn.Module):
+    """PPO's value model, apart from the policy: its own trunk and a linear head.
+
+    The trunk is a copy of the policy made when the value model is created (so it starts from the
+    policy's weights, as the paper's starts from a reward model's) that SHARES the policy's frozen
+    tensors: with LoRA, the frozen base (quantised or not) is held once and the value model has its
+    own adapters; with full fine-tuning every weight is its own. The head is ``nn.Linear(hidden, 1)``,
+    zero-initialised (values start at 0).
+
+    ``parameters()`` yields only what the value model trains (its adapters or weights, and the head),
+    so ``policy params + list(value.parameters())`` is the set one optimiser updates; the frozen
+    tensors it shares belong to the policy. ``state_dict()`` holds the same tensors (checkpoints stay
+    small). The value loss reaches these parameters only, and :func:`rlvr_update` clips their gradient
+    norm separately from the policy's. AdamW is per-element, so one AdamW over both sets takes exactly
+    the steps of two AdamW optimisers with the same settings (open-instruct ran two, with equal settings).
+    """
+
+    def __init__(self, trunk: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, micro: MicroBatch) -> torch.Tensor:
+        """Values ``(B, T)`` (float32) of the states before each response token."""
+        hidden = _response_hidden(self.trunk, micro)[:, :-1]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.head(hidden.float()).squeeze(-1)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        for name, param in super().named_parameters(prefix, recurse, remove_duplicate):
+            if param.requires_grad:
+                yield name, param
+
+    def parameters(self, recurse: bool = True):
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return {name: param.detach() for name, param in self.named_parameters()}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        own = dict(self.named_parameters())
+        missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+        if strict and (missing or unexpected):
+            raise ValueError(f"ValueModel.load_state_dict: missing {missing[:5]}, unexpected {unexpected[:5]} "
+                             f"(saved by a run with another model or LoRA configuration?)")
+        with torch.no_grad():
+            for name, tensor in state_dict.items():
+                if name in own:
+                    own[name].copy_(tensor)
+        return nn.modules.module._IncompatibleKeys(missing, unexpected)
+
+
+def make_value_model(model) -> ValueModel:
+    """A :class:`ValueModel` initialised from ``model``'s current weights (call it after the adapters
+    are attached): frozen tensors shared with ``model``, trainable ones copied, a zero head."""
+    shared = {id(t): t for t in list(model.parameters()) + list(model.buffers()) if not t.requires_grad}
+    trunk = copy.deepcopy(model, memo=shared)
     hidden = _base_model(model).config.hidden_size
     head = nn.Linear(hidden, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    return head.to(next(model.parameters()).device)
+    return ValueModel(trunk, head.to(next(model.parameters()).device))
+
+
+def make_value_head(model) -> ValueModel:
+    """PPO's value model for ``model`` (see :class:`ValueModel`); kept under the name the loop uses."""
+    return make_value_model(model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,7 +517,10 @@ def score_rollout(cfg: RLVRConfig, model, batch: RolloutBatch, *, value_head: nn
     if need_ref:
         batch.ref_logprobs = torch.zeros(n, width)
     was_training = model.training
+    value_was_training = value_head.training if value_head is not None else False
     model.eval()
+    if value_head is not None:
+        value_head.eval()
     try:
         for rows in _micro_batches(batch, list(range(n)), cfg.per_device_batch):
             micro = make_micro_batch(batch.prompt_ids, batch.response_ids, rows, pad_id, device)
@@ -453,6 +540,8 @@ def score_rollout(cfg: RLVRConfig, model, batch: RolloutBatch, *, value_head: nn
                     _put_rows(batch.ref_logprobs, rows, ref.logprobs)
     finally:
         model.train(was_training)
+        if value_head is not None:
+            value_head.train(value_was_training)
     return batch
 
 
@@ -478,16 +567,18 @@ def whiten_global(x: torch.Tensor, mask: torch.Tensor, world: World) -> torch.Te
 
 
 def compute_advantages(cfg: RLVRConfig, batch: RolloutBatch, world: World | None = None) -> RolloutBatch:
-    """PPO: per-token KL reward + score on the last token -> GAE -> whitening. GRPO: group-normalised."""
+    """PPO: per-token KL reward (``cfg.kl_estimator``) + score on the last token -> GAE -> whitening.
+    GRPO: group-relative, divided by the group's std unless ``cfg.advantage_scale`` is "none"."""
     world = world or World()
     if cfg.algorithm == "grpo":
-        batch.advantages = group_advantages(batch.scores, batch.group_size, cfg.advantage_eps)
+        batch.advantages = group_advantages(batch.scores, batch.group_size, cfg.advantage_eps,
+                                            scale=cfg.advantage_scale)
         return batch
     mask = batch.response_mask
     if batch.old_logprobs is None or batch.old_values is None:
         raise ValueError("compute_advantages: PPO needs the score pass first (old log-probs and values)")
     ref = batch.ref_logprobs if batch.ref_logprobs is not None else batch.old_logprobs  # beta 0: no KL
-    rewards = per_token_rewards(batch.scores, batch.old_logprobs, ref, mask, cfg.beta)
+    rewards = per_token_rewards(batch.scores, batch.old_logprobs, ref, mask, cfg.beta, cfg.kl_estimator)
     advantages, returns = gae(rewards, batch.old_values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = whiten_global(advantages, mask, world)
@@ -553,10 +644,18 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
                 params: list[torch.Tensor] | None = None) -> UpdateStats:
     """``ppo_epochs`` x ``num_minibatches`` optimiser steps on a scored rollout batch with advantages.
 
-    Each micro-batch's loss is scaled to its share of the minibatch's GLOBAL normaliser (tokens for
-    "bnpo" and PPO, sequences for "grpo" / "dr_grpo"), gradients are summed over processes, then
-    clipped and applied. So the result does not depend on the micro-batch size, the bucketing, the
-    skipped zero-advantage sequences or the number of processes (up to float rounding).
+    Each micro-batch's loss is reduced and weighted as ``cfg.loss_aggregation`` says
+    (:func:`tulu_lab.losses.aggregate_loss`, :func:`tulu_lab.losses.micro_batch_weight`) against the
+    minibatch's GLOBAL counts (tokens, sequences, micro-batches over every process); gradients are
+    summed over processes, then clipped and applied. With "token_mean", "sequence_mean" and "constant"
+    the result does not depend on the micro-batch size, the bucketing, the skipped zero-advantage
+    sequences or the number of processes (up to float rounding); "micro_batch_mean" (open-instruct's)
+    depends on the micro-batches by definition, so nothing is skipped there.
+
+    PPO: the value loss reaches the value model's parameters only (:class:`ValueModel`); the policy's
+    and the value model's gradients are clipped to ``cfg.grad_clip`` each, separately, as open-instruct
+    stepped two models. ``params`` (default: the policy's trainable parameters and the value model's)
+    is what ``optimizer`` updates.
     """
     world = world or World()
     if batch.advantages is None:
@@ -572,11 +671,14 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
     pad_id = _pad_id(model)
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad] + (
         [p for p in value_head.parameters()] if is_ppo else [])
+    value_ids = {id(p) for p in value_head.parameters()} if is_ppo else set()
+    clip_groups = [[p for p in params if id(p) not in value_ids], [p for p in params if id(p) in value_ids]]
+    aggregation = cfg.loss_aggregation
     mask_all = batch.response_mask
     per_seq_adv = batch.advantages.dim() == 1
-    # beta 0: a zero advantage gives an exactly zero loss term and gradient
-    skippable = (not is_ppo and cfg.beta == 0 and per_seq_adv)
-    count_tokens = is_ppo or cfg.grpo_loss_type == "bnpo"
+    # beta 0: a zero advantage gives an exactly zero loss term and gradient (and, except where the
+    # micro-batches themselves define the weights, the same normaliser)
+    skippable = (not is_ppo and cfg.beta == 0 and per_seq_adv and aggregation != "micro_batch_mean")
 
     sums = {k: torch.zeros((), dtype=torch.float64) for k in
             ("loss", "policy", "value", "clip", "vclip", "kl", "entropy", "tokens", "first_tokens", "trained")}
@@ -586,18 +688,21 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
         value_head.train()
     for epoch in range(cfg.ppo_epochs):
         for rows in _minibatch_rows(cfg, batch, step, epoch, world):
-            # the global normaliser of this minibatch: its tokens (or sequences) on every process
-            local_tokens = int(mask_all[rows].sum()) if rows else 0
-            local_count = local_tokens if count_tokens else len(rows)
-            total = float(world.sum(torch.tensor(float(local_count))))
             keep = [i for i in rows if not (skippable and float(batch.advantages[i]) == 0.0)]
+            micro_batches = _micro_batches(batch, keep, cfg.per_device_batch)
+            # this minibatch's counts over every process: tokens, sequences, micro-batches
+            local_tokens = int(mask_all[rows].sum()) if rows else 0
+            totals_mb = world.sum(torch.tensor([float(local_tokens), float(len(rows)), float(len(micro_batches))],
+                                               dtype=torch.float64)).tolist()
             step_loss = torch.zeros((), dtype=torch.float64)
-            for micro_rows in _micro_batches(batch, keep, cfg.per_device_batch):
+            for micro_rows in micro_batches:
                 micro = make_micro_batch(batch.prompt_ids, batch.response_ids, micro_rows, pad_id, device)
                 t = micro.response_len
                 mask = mask_all[micro_rows, :t].to(device)
                 n_tokens = float(mask.sum())
-                weight = (n_tokens if count_tokens else len(micro_rows)) / max(total, 1.0)
+                weight = micro_batch_weight(aggregation, micro_tokens=n_tokens, micro_sequences=len(micro_rows),
+                                            minibatch_tokens=totals_mb[0], minibatch_sequences=int(totals_mb[1]),
+                                            minibatch_micro_batches=int(totals_mb[2]))
                 with autocast(cfg, device):
                     out = forward_response(model, micro, cfg.temperature, value_head=value_head if is_ppo else None,
                                            with_entropy=epoch == 0 and batch.entropy is None)
@@ -606,9 +711,10 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
                 adv = batch.advantages[micro_rows].to(device)
                 adv = adv if per_seq_adv else adv[:, :t]
                 if is_ppo:
-                    pg = ppo_policy_loss(out.logprobs, old, adv, mask, cfg.clip)
+                    pg = ppo_policy_loss(out.logprobs, old, adv, mask, cfg.clip, aggregation, cfg.max_new_tokens)
                     vl = ppo_value_loss(out.values, batch.old_values[micro_rows, :t].to(device),
-                                        batch.returns[micro_rows, :t].to(device), mask, cfg.value_clip)
+                                        batch.returns[micro_rows, :t].to(device), mask, cfg.value_clip,
+                                        aggregation, cfg.max_new_tokens)
                     loss = pg.loss + cfg.vf_coef * vl.loss
                     policy_loss, clip_fraction = pg.loss.detach(), pg.clip_fraction
                     sums["value"] += float(vl.loss.detach()) * weight
@@ -616,7 +722,7 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
                 else:
                     ref = batch.ref_logprobs[micro_rows, :t].to(device) if batch.ref_logprobs is not None else None
                     out_grpo = grpo_loss(out.logprobs, old, ref, adv, mask, cfg.beta, cfg.clip,
-                                         cfg.log_ratio_clamp, cfg.grpo_loss_type, cfg.kl_estimator,
+                                         cfg.log_ratio_clamp, aggregation, cfg.kl_estimator,
                                          max_completion_length=cfg.max_new_tokens)
                     loss, policy_loss, clip_fraction = out_grpo.loss, out_grpo.policy_loss, out_grpo.clip_fraction
                     if epoch == 0 and ref is not None:
@@ -633,7 +739,9 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
                     sums["trained"] += len(micro_rows)
             _sync_gradients(params, world)
             if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                for group in clip_groups:  # the policy's, then the value model's: each its own norm
+                    if group:
+                        torch.nn.utils.clip_grad_norm_(group, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(world.sum(step_loss)))
@@ -768,7 +876,7 @@ class RLVRStage(Stage):
             print(f"[tulu_lab] dropped {len(self.rows) - len(self.usable)} prompts longer than "
                   f"{self.cfg.max_prompt_len} tokens", flush=True)
         if self.value_head is not None and self.cfg.value_model_init and run.is_main:
-            print(f"[tulu_lab] value head: zero-initialised linear head on the policy "
+            print(f"[tulu_lab] value model: the policy's weights, own adapters, zero-initialised head "
                   f"(not {self.cfg.value_model_init})", flush=True)
 
     def step(self, run: TrainingRun, step: int, learning_rate: float) -> dict[str, Any]:

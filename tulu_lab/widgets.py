@@ -112,13 +112,16 @@ def _check_example(example: Any, index: int) -> dict:
 # Scoring and the token view (pure functions)
 # ----------------------------------------------------------------------------------------------
 
-def rlvr_score(correct: bool, stopped: bool) -> float:
-    """The RLVR score of one response, computed by the training code's own function."""
+def rlvr_score(correct: bool, stopped: bool, rlvr_config=None) -> float:
+    """The RLVR score of one response, computed by the training code's own function, with the
+    reward and non-stop penalty of ``rlvr_config`` (an RLVRConfig; None: the paper's 10 and -10)."""
     import torch
 
     from tulu_lab.losses import verifiable_score
 
-    return float(verifiable_score(torch.tensor([bool(correct)]), torch.tensor([bool(stopped)]))[0])
+    amounts = {} if rlvr_config is None else dict(correct_reward=rlvr_config.correct_reward,
+                                                  non_stop_penalty=rlvr_config.non_stop_penalty)
+    return float(verifiable_score(torch.tensor([bool(correct)]), torch.tensor([bool(stopped)]), **amounts)[0])
 
 
 def logprob_color(logprob: float) -> str:
@@ -254,17 +257,28 @@ class PromptProbe:
         examples: RLVR rows (``messages``, ``ground_truth``, ``dataset``, optional ``label``) offered
             in the example dropdown; picking one sets the prompt, the ground truth and the verifier.
             Default: two synthetic GSM, MATH and IFEval prompts each.
-        max_new_tokens, temperature, top_p, seed, num_samples: the controls' starting values.
+        rlvr_config: the RLVRConfig whose rollouts the probe mirrors (default: the embedded recipe's,
+            ``tulu_lab.pipeline.rlvr_config()``): the temperature and max tokens start at its values,
+            and scores use its reward and non-stop penalty.
+        max_new_tokens, temperature: starting values; None takes them from ``rlvr_config``.
+        top_p, seed, num_samples: the controls' starting values.
         threaded: the Generate button runs in a background thread (``wait()`` joins it).
 
     Display the probe (last expression of a cell, or ``display(probe)``); ``probe.widget`` is the box.
     """
 
     def __init__(self, models: Mapping[str, Any], examples: Sequence[dict] | None = None, *,
-                 max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                 num_samples: int = 1, threaded: bool = True):
+                 rlvr_config=None, max_new_tokens: int | None = None, temperature: float | None = None,
+                 top_p: float = 1.0, seed: int = 0, num_samples: int = 1, threaded: bool = True):
         if not isinstance(models, Mapping) or not models:
             raise ValueError("PromptProbe: models must be a non-empty dict {name: (model, tokenizer) or backend}")
+        if rlvr_config is None:
+            from tulu_lab.pipeline import rlvr_config as recipe_rlvr_config
+
+            rlvr_config = recipe_rlvr_config()
+        self.rlvr_config = rlvr_config
+        max_new_tokens = rlvr_config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temperature = rlvr_config.temperature if temperature is None else temperature
         self.backends = {str(name): _as_backend(str(name), value) for name, value in models.items()}
         raw = synthetic_examples() if examples is None else list(examples)
         self.examples = [_check_example(example, i) for i, example in enumerate(raw)]
@@ -462,7 +476,7 @@ class PromptProbe:
                     self.errors[f"{name} verifier"] = str(err)
                     self._show_errors()
                 else:
-                    reward = rlvr_score(correct, g.stopped)
+                    reward = rlvr_score(correct, g.stopped, self.rlvr_config)
             samples.append(ProbeSample(model=name, sample=i, text=g.text, tokens=_token_strings(g, tokenizer),
                                        logprobs=list(g.logprobs or []), finish_reason=g.finish_reason,
                                        stopped=bool(g.stopped), correct=correct, reward=reward,
