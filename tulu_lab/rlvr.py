@@ -872,6 +872,10 @@ class RLVRStage(Stage):
         return {"value_head": self.value_head}
 
     def before_resume(self, run: TrainingRun) -> None:
+        if any(str(row.get("dataset", "")).lower() == "math" for row in self.rows):
+            from tulu_lab.rewards import start_symbolic_worker
+
+            start_symbolic_worker(wait=True)  # no MATH answer judged while sympy still imports
         if len(self.usable) < len(self.rows) and run.is_main:
             print(f"[tulu_lab] dropped {len(self.rows) - len(self.usable)} prompts longer than "
                   f"{self.cfg.max_prompt_len} tokens", flush=True)
