@@ -8,10 +8,13 @@ k samples per prompt). What it does that ``model.generate`` does not:
 * prefills each distinct prompt once and copies its KV cache for the k samples (``num_samples``);
 * drops finished rows from the batch as it goes, so a few long answers do not keep paying for the
   rest of the batch;
-* writes each token's keys and values into room reserved in the KV cache (no copy of the whole cache
-  per token) and slices a preallocated attention mask;
-* runs LoRA adapters with fewer kernels: merged into one fp32 weight per layer when computing in fp32,
-  a lean unmerged forward under bf16 (see ``_fast_adapters``);
+* float32 Llama-family models decode through :mod:`tulu_lab.llama_decode`: LoRA adapters merged and
+  q/k/v and gate/up fused into one weight each, one static KV cache written in place, a few kernels per
+  layer instead of transformers' general forward (same function up to float32 rounding);
+* other models run their own forward, writing each token's keys and values into room reserved in the
+  KV cache (no copy of the whole cache per token), with LoRA adapters merged into one fp32 weight per
+  layer when computing in fp32, a lean unmerged forward under bf16 (see ``_fast_adapters``);
+* slices a preallocated attention mask;
 * sorts prompts by length before batching (less left padding) and returns results in input order;
 * computes a prefix that every prompt of a batch shares (few-shot exemplars: often 90% of the prompt)
   once and copies its KV cache to each row.
@@ -22,6 +25,7 @@ template (``tulu_lab.chat.install_tulu_template`` sets the Tülu one).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -290,6 +294,12 @@ def _lean_forward(layer):
     return forward
 
 
+def _decoder(model):
+    from tulu_lab.llama_decode import decoder_for
+
+    return decoder_for(model)
+
+
 MIN_SHARED_PREFIX = 32  # tokens; below this a separate prefill of the common prefix saves too little
 
 
@@ -309,30 +319,57 @@ def shared_prefix_length(token_lists: Sequence[Sequence[int]], minimum: int = MI
     return length if length >= minimum else 0
 
 
+class _ModelSteps:
+    """The model's own forward with a :func:`_reserved_cache` (any model, dtype or autocast)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def new_cache(self, rows: int, capacity: int, reserve: int):
+        return _reserved_cache(reserve)
+
+    def __call__(self, ids, key_mask, positions, cache):
+        out = self.model(input_ids=ids, attention_mask=key_mask, position_ids=positions, cache=cache, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+
+class _DecoderSteps:
+    """:class:`tulu_lab.llama_decode.LlamaDecoder` with its static cache (float32 Llama models)."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+    def new_cache(self, rows: int, capacity: int, reserve: int):
+        return self.decoder.new_cache(rows, capacity)
+
+    def __call__(self, ids, key_mask, positions, cache):
+        return self.decoder.forward(ids, positions, cache, key_mask)
+
+
 @torch.inference_mode()
 def _generate_batch(model, tokenizer, token_lists: list[list[int]], *, repeats: int, max_new_tokens: int,
                     temperature: float, top_p: float, generator, eos_ids: list[int],
-                    stop: Sequence[str] | None, compact_every: int = 8):
+                    stop: Sequence[str] | None, compact_every: int = 8, steps=None):
     """Decode one batch of distinct tokenised prompts, ``repeats`` samples each. Returns rows in
-    prompt-major order."""
+    prompt-major order. ``steps`` runs the forward passes (default: the model's own forward)."""
     device = next(model.parameters()).device
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
-    cache = _reserved_cache(max_new_tokens)
+    steps = steps or _ModelSteps(model)
     shared = shared_prefix_length(token_lists)
-    if shared:  # e.g. few-shot exemplars: their keys and values are computed once, then copied per row
-        model(input_ids=torch.tensor([token_lists[0][:shared]], device=device), cache=cache, use_cache=True,
-              logits_to_keep=1)
-        cache.batch_repeat_interleave(len(token_lists))
     enc = tokenizer.pad({"input_ids": [ids[shared:] for ids in token_lists]}, padding=True, return_tensors="pt")
     ids, suffix_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     # The prompt mask covers prefix + left-padded suffix: [prefix][pad][suffix]; positions skip the pads.
     prompt_mask = torch.cat([suffix_mask.new_ones((len(token_lists), shared)), suffix_mask], dim=-1)
     width = prompt_mask.size(1)
+    cache = steps.new_cache(1 if shared else len(token_lists), width + max_new_tokens, max_new_tokens)
+    if shared:  # e.g. few-shot exemplars: their keys and values are computed once, then copied per row
+        steps(torch.tensor([token_lists[0][:shared]], device=device), prompt_mask[:1, :shared],
+              torch.arange(shared, device=device)[None], cache)
+        cache.batch_repeat_interleave(len(token_lists))
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, cache=cache, use_cache=True,
-                logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1, :]
+    logits = steps(ids, prompt_mask, positions, cache)
     if repeats > 1:  # one prefill per prompt, the cache copied for its samples
         cache.batch_repeat_interleave(repeats)
         logits = logits.repeat_interleave(repeats, dim=0)
@@ -377,9 +414,7 @@ def _generate_batch(model, tokenizer, token_lists: list[list[int]], *, repeats: 
             active, tokens, mask, next_pos, alive = (active[index], tokens[index], mask[index],
                                                      next_pos[index], alive[index])
         tokens = torch.where(alive, tokens, torch.full_like(tokens, tokenizer.pad_token_id))
-        out = model(input_ids=tokens[:, None], attention_mask=mask[:, :width + step + 1], position_ids=next_pos,
-                    cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1, :]
+        logits = steps(tokens[:, None], mask[:, :width + step + 1], next_pos, cache)
         next_pos = next_pos + 1
     lengths = lengths.tolist()
     tokens_list = [row[:length] for row, length in zip(tokens_out.tolist(), lengths)]
@@ -390,7 +425,7 @@ def _generate_batch(model, tokenizer, token_lists: list[list[int]], *, repeats: 
 def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, seed: int | None = 0, batch_size: int = 16,
              stop: Sequence[str] | None = None, progress: bool | None = None,
-             threads: int | str | None = None) -> list[Generation]:
+             threads: int | str | None = None, fast_decoder: bool = True) -> list[Generation]:
     """Sample responses for ``prompts`` (strings or message lists).
 
     Args:
@@ -405,6 +440,9 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
         threads: intra-op threads while decoding: None keeps torch's setting, an int sets it, "auto"
             picks the fastest count up to torch's setting with a quick matmul of the decode's shape
             (:func:`fastest_threads`; on a busy machine one thread can be several times faster).
+        fast_decoder: decode float32 Llama-family models with :mod:`tulu_lab.llama_decode` (fused
+            weights with the adapters merged, a static KV cache); False, or any other model, runs the
+            model's own forward. Both compute the same function up to float32 rounding.
 
     Returns:
         ``len(prompts) * num_samples`` Generations, prompt-major, in input order.
@@ -439,12 +477,14 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
     was_training = model.training
     model.eval()
     try:
-        with _fast_adapters(model), num_threads(threads):
+        decoder = _decoder(model) if fast_decoder else None
+        steps = _DecoderSteps(decoder) if decoder is not None else None
+        with (contextlib.nullcontext() if decoder is not None else _fast_adapters(model)), num_threads(threads):
             for batch in tqdm(batches, desc="generating", disable=not show, unit="batch"):
                 toks, lps, finish = _generate_batch(
                     model, tokenizer, [token_lists[i] for i in batch], repeats=num_samples,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                    generator=generator, eos_ids=eos_ids, stop=stop)
+                    generator=generator, eos_ids=eos_ids, stop=stop, steps=steps)
                 for j, prompt_index in enumerate(batch):
                     for s in range(num_samples):
                         row = j * num_samples + s
