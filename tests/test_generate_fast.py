@@ -163,3 +163,28 @@ def test_shared_prefix_prefill_matches_separate_prompts(tiny, monkeypatch, tempe
     assert [g.token_ids for g in shared] == [g.token_ids for g in whole]
     for a, b in zip(shared, whole):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("vocab, top_p", [(49152, 1.0), (1000, 1.0), (1000, 0.8), (384, 1.0)])
+def test_two_level_cdf_inversion_picks_what_a_full_cumulative_sum_picks(vocab, top_p):
+    """Blocked inverse-CDF sampling draws, for the same uniform draws, the tokens of a float64 cumulative
+    sum over the whole vocabulary (vocabularies that are and are not a multiple of the block); entries
+    of zero probability (masked logits, outside the nucleus) are never drawn."""
+    from tulu_lab.generate import sample_next
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, vocab, generator=g) * 3
+    logits[:, ::7] = float("-inf")
+    tokens, logprobs = sample_next(logits, 0.9, top_p, torch.Generator().manual_seed(1))
+    scaled = logits / 0.9
+    probs = torch.softmax(scaled, -1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs > top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    cdf = probs.double().cumsum(-1)
+    draw = torch.rand((64, 1), generator=torch.Generator().manual_seed(1), dtype=torch.float64) * cdf[:, -1:]
+    expected = torch.searchsorted(cdf, draw, right=True).squeeze(-1)
+    assert torch.equal(tokens, expected)
+    assert bool((probs.gather(1, tokens[:, None]) > 0).all())
+    torch.testing.assert_close(logprobs, torch.log_softmax(scaled, -1).gather(1, tokens[:, None]).squeeze(-1))

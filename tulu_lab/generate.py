@@ -71,13 +71,17 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+CDF_BLOCK = 512  # vocabulary entries per block of the two-level inverse-CDF search
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
     """Pick one token per row; returns (tokens, log-probs under softmax(logits / T)).
 
     Greedy when temperature == 0. Top-p filtering shapes the sampling distribution only: the log-prob
     reported is that of the untruncated tempered distribution, which is what the policy assigns.
     Sampling inverts the cumulative distribution (float64) with one uniform draw per row: the same
-    distribution as ``torch.multinomial``, without drawing a random number per vocabulary entry.
+    distribution as ``torch.multinomial``, without drawing a random number per vocabulary entry
+    (see :func:`_invert_cdf`).
     """
     logits = logits.float()
     if temperature == 0:
@@ -86,18 +90,44 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
     else:
         scaled = logits / temperature if temperature != 1.0 else logits
-        log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
-        probs = torch.exp(scaled - log_norm)
+        top = scaled.amax(dim=-1, keepdim=True)
+        weights = torch.sub(scaled, top).exp_()  # unnormalised probabilities, largest 1
+        log_norm = top + torch.log(weights.sum(dim=-1, keepdim=True))
         if top_p < 1.0:
+            probs = weights / weights.sum(dim=-1, keepdim=True)
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest nucleus
             sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        cdf = probs.double().cumsum(dim=-1)
-        draw = torch.rand((cdf.size(0), 1), generator=generator, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
-        # the first entry whose cumulative mass exceeds the draw; zero-mass entries are never picked
-        tokens = torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.size(-1) - 1)
+            weights = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        draw = torch.rand((weights.size(0), 1), generator=generator, dtype=torch.float64, device=weights.device)
+        tokens = _invert_cdf(weights, draw)
     return tokens, (scaled.gather(-1, tokens[:, None]) - log_norm).squeeze(-1)
+
+
+def _invert_cdf(weights: torch.Tensor, draw: torch.Tensor, block: int = CDF_BLOCK) -> torch.Tensor:
+    """Per row, the first entry whose cumulative weight (float64) exceeds ``draw`` x the row's total;
+    zero-weight entries are never picked.
+
+    Two levels: float64 sums of blocks of ``block`` entries locate the block, a float64 cumulative sum
+    inside it the entry; the float64 work is one pass over the vocabulary plus one block per row
+    instead of a cumulative sum of every entry.
+    """
+    rows, vocab = weights.shape
+    pad = -vocab % block
+    if pad:
+        weights = torch.nn.functional.pad(weights, (0, pad))
+    blocks = weights.view(rows, -1, block).sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)
+    target = draw * blocks[:, -1:]
+    index = torch.searchsorted(blocks, target, right=True).clamp(max=blocks.size(1) - 1)  # (rows, 1)
+    before = torch.where(index > 0, blocks.gather(1, (index - 1).clamp(min=0)), torch.zeros_like(target))
+    starts = index * block + torch.arange(block, device=weights.device)
+    inside = weights.gather(1, starts).double().cumsum(dim=-1) + before
+    offset = torch.searchsorted(inside, target, right=True).clamp(max=block - 1)
+    # rounding can put the target past a block's last positive entry: step back to it
+    positive = weights.gather(1, starts) > 0
+    last_positive = block - 1 - positive.flip(-1).int().argmax(dim=-1, keepdim=True)
+    offset = torch.minimum(offset, last_positive)
+    return (index * block + offset).squeeze(-1).clamp(max=vocab - 1)
 
 
 def check_threads(threads, where: str) -> None:
