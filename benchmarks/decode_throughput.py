@@ -15,6 +15,8 @@ batch and steps are comparable; ``--stop-at-eos`` measures the ordinary behaviou
 
 Per sampler and setting: tokens/s (rows x new tokens / wall time, prefill included) and ms per decode
 step ((wall - prefill) / (new tokens - 1); the prefill is one measured forward of the padded prompts).
+On a shared machine the process's CPU time per step (divided by the threads) is printed too: it
+leaves out the time the process waited for a core (threads spinning at a barrier still count).
 Samplers alternate within each setting (ours, [baseline], HF, ours, ...) and the fastest run is kept.
 
 Roofline of one decode step at batch B with a KV cache of C positions, from this machine measured by
@@ -123,43 +125,45 @@ def without_eos(module, enabled: bool):
         module.eos_token_ids = original
 
 
-def run_ours(module, model, tokenizer, messages, new_tokens: int, fixed: bool) -> tuple[float, list[list[int]]]:
+def run_ours(module, model, tokenizer, messages, new_tokens: int, fixed: bool) -> tuple[float, float, list[list[int]]]:
+    """(wall seconds, CPU seconds of this process, token ids per row)."""
     with without_eos(module, fixed):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         gens = module.generate(model, tokenizer, messages, max_new_tokens=new_tokens, temperature=0.0,
                                batch_size=len(messages), seed=0, progress=False)
-        seconds = time.perf_counter() - started
-    return seconds, [list(g.token_ids) for g in gens]
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return seconds, cpu, [list(g.token_ids) for g in gens]
 
 
-def run_hf(model, tokenizer, messages, new_tokens: int, fixed: bool) -> tuple[float, list[list[int]]]:
+def run_hf(model, tokenizer, messages, new_tokens: int, fixed: bool) -> tuple[float, float, list[list[int]]]:
     from tulu_lab.generate import eos_token_ids
 
     enc = encode(tokenizer, messages)
     extra = dict(min_new_tokens=new_tokens) if fixed else {}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                              **extra)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     eos = set(eos_token_ids(model, tokenizer))
     rows = []
     for row in out[:, enc["input_ids"].size(1):].tolist():
         cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
         rows.append(row[:cut])
-    return seconds, rows
+    return seconds, cpu, rows
 
 
-def prefill_seconds(model, tokenizer, messages, repeats: int = 2) -> float:
-    """One forward of the padded prompts (logits of the last position only), best of ``repeats``."""
+def prefill_seconds(model, tokenizer, messages, repeats: int = 2) -> tuple[float, float]:
+    """One forward of the padded prompts (logits of the last position only), best of ``repeats``:
+    (wall seconds, CPU seconds)."""
     enc = encode(tokenizer, messages)
     positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    best = float("inf")
+    best = (float("inf"), float("inf"))
     with torch.inference_mode():
         for _ in range(repeats):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             model(**enc, position_ids=positions, use_cache=True, logits_to_keep=1)
-            best = min(best, time.perf_counter() - started)
+            best = min(best, (time.perf_counter() - started, time.process_time() - cpu_started))
     return best
 
 
@@ -359,13 +363,13 @@ def main(argv=None) -> None:
 
     pool = prompt_messages(max(batches))
     eos = set(ours_module.eos_token_ids(model, tokenizer))
-    measured = []   # (batch, new tokens, prompt width, prefill seconds, {sampler: (seconds, rows)})
+    measured = []   # (batch, new tokens, prompt width, prefill (wall, CPU), {sampler: (wall, CPU, rows)})
     for batch in batches:
         messages = pool[:batch]
         width = encode(tokenizer, messages)["input_ids"].size(1)
         prefill = prefill_seconds(model, tokenizer, messages)
         for new_tokens in lengths:
-            best: dict[str, tuple[float, list[list[int]]]] = {}
+            best: dict[str, tuple[float, float, list[list[int]]]] = {}
             for _ in range(args.repeats):
                 for name, module in samplers.items():
                     result = run_ours(module, model, tokenizer, messages, new_tokens, fixed)
@@ -376,7 +380,7 @@ def main(argv=None) -> None:
                     if "hf" not in best or result[0] < best["hf"][0]:
                         best["hf"] = result
             print(f"batch {batch:3d}, {new_tokens:3d} new tokens: "
-                  + ", ".join(f"{name} {seconds:.2f} s" for name, (seconds, _) in best.items())
+                  + ", ".join(f"{name} {r[0]:.2f} s" for name, r in best.items())
                   + f" (load average {load_average()})", flush=True)
             measured.append((batch, new_tokens, width, prefill, best))
 
@@ -385,19 +389,21 @@ def main(argv=None) -> None:
     summary = {}
     for batch, new_tokens, width, prefill, best in measured:
         roof = decode_roofline(shape, machine, batch, width, new_tokens)
-        print(f"batch {batch:3d}, {new_tokens:3d} new tokens (prompt width {width}, prefill {prefill * 1e3:.0f} ms; "
+        print(f"batch {batch:3d}, {new_tokens:3d} new tokens (prompt width {width}, prefill {prefill[0] * 1e3:.0f} ms; "
               f"step roofline {roof['bound'] * 1e3:.1f} ms = max(compute {roof['compute'] * 1e3:.1f}, "
               f"memory {roof['memory'] * 1e3:.1f} for {roof['bytes'] / 1e6:.0f} MB)):")
         rates = {}
-        for name, (seconds, rows) in best.items():
+        for name, (seconds, cpu, rows) in best.items():
             tokens = sum(len(r) for r in rows)
-            step_ms = max(seconds - prefill, 1e-9) / max(new_tokens - 1, 1) * 1e3
+            step_ms = max(seconds - prefill[0], 1e-9) / max(new_tokens - 1, 1) * 1e3
+            cpu_step_ms = max(cpu - prefill[1], 1e-9) / max(new_tokens - 1, 1) * 1e3 / args.threads
             rates[name] = (tokens / seconds, step_ms)
             print(f"    {name:9s} {tokens / seconds:8.1f} tok/s  {step_ms:7.1f} ms/step  "
-                  f"roofline fraction {roof['bound'] * 1e3 / step_ms:.2f}  ({tokens} tokens in {seconds:.2f} s)")
+                  f"roofline fraction {roof['bound'] * 1e3 / step_ms:.2f}  ({tokens} tokens in {seconds:.2f} s; "
+                  f"CPU time per thread {cpu_step_ms:.1f} ms/step, fraction {roof['bound'] * 1e3 / cpu_step_ms:.2f})")
         line = [f"ours/{name} {rates['ours'][0] / rates[name][0]:.2f}x" for name in ("baseline", "hf") if name in rates]
         if "hf" in best:
-            line.append(f"greedy tokens agree with HF on {agreement(best['ours'][1], best['hf'][1], eos):.0%} of rows")
+            line.append(f"greedy tokens agree with HF on {agreement(best['ours'][2], best['hf'][2], eos):.0%} of rows")
         if line:
             print("    " + ", ".join(line))
         summary[(batch, new_tokens)] = (rates, roof["bound"] * 1e3 / rates["ours"][1])
