@@ -139,3 +139,37 @@ def test_merged_weights_are_the_adapted_projection(lora_tiny):
     with torch.no_grad():
         expected = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], -1)
     torch.testing.assert_close(torch.nn.functional.linear(x, decoder.layers[0].qkv), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not llama_decode._mkl_packing_available(), reason="torch built without MKL")
+def test_packed_weights_give_the_plain_products(lora_tiny, monkeypatch):
+    """Decode steps from MKL-packed weights: the batch they were packed for, fewer rows (zero-padded)
+    and half as many or fewer (plain weights) all give the plain forward's logits."""
+    model, _ = lora_tiny
+    decoder = decoder_for(model)
+    ids = torch.tensor([[5, 9, 13], [6, 10, 14], [7, 11, 15], [8, 12, 16]])
+    mask = torch.ones((4, 8), dtype=torch.long)
+    positions = torch.arange(3).repeat(4, 1)
+    plain_calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(llama_decode.F, "linear", lambda *a, **k: plain_calls.append(1) or linear(*a, **k))
+
+    def step_logits(rows: int) -> tuple[torch.Tensor, int]:
+        cache = decoder.new_cache(rows, 8)
+        decoder.forward(ids[:rows], positions[:rows], cache, mask[:rows])
+        plain_calls.clear()
+        logits = decoder.forward(ids[:rows, -1:], positions[:rows, -1:] + 1, cache, mask[:rows])
+        return logits, len(plain_calls)
+
+    plain = {rows: step_logits(rows) for rows in (4, 3, 2)}
+    assert all(n == 1 + 4 * len(decoder.layers) for _, n in plain.values())
+    decoder.pack(4)
+    assert decoder.packed_rows == 4 and len(decoder.packed) == 1 + 4 * len(decoder.layers)
+    packed = {rows: step_logits(rows) for rows in (4, 3, 2)}
+    assert [packed[rows][1] for rows in (4, 3, 2)] == [0, 0, 1 + 4 * len(decoder.layers)]
+    for rows in plain:
+        torch.testing.assert_close(packed[rows][0], plain[rows][0], atol=1e-5, rtol=1e-5)
+    decoder.pack(3)  # still served by the weights packed for 4 rows
+    assert decoder.packed_rows == 4
+    decoder.pack(2)  # half or fewer: packed again
+    assert decoder.packed_rows == 2

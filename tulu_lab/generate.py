@@ -374,6 +374,8 @@ class _DecoderSteps:
         return self.decoder.new_cache(rows, capacity)
 
     def __call__(self, ids, key_mask, positions, cache):
+        if ids.shape[1] == 1:  # decoding: weights packed for this batch size (once; reused while it holds)
+            self.decoder.pack(ids.shape[0])
         return self.decoder.forward(ids, positions, cache, key_mask)
 
 
