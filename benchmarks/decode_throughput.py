@@ -14,7 +14,8 @@ given no EOS id, ``model.generate`` gets ``min_new_tokens``), so every decode st
 batch and steps are comparable; ``--stop-at-eos`` measures the ordinary behaviour instead.
 
 Per sampler and setting: tokens/s (rows x new tokens / wall time, prefill included) and ms per decode
-step ((wall - prefill) / (new tokens - 1); the prefill is one measured forward of the padded prompts).
+step: (time of the run - time of the same sampler's run for one new token) / (new tokens - 1), so the
+prefill and per-call costs of each sampler are left out of its steps.
 On a shared machine the process's CPU time per step (divided by the threads) is printed too: it
 leaves out the time the process waited for a core (threads spinning at a barrier still count).
 Samplers alternate within each setting (ours, [baseline], HF, ours, ...) and the fastest run is kept.
@@ -151,20 +152,6 @@ def run_hf(model, tokenizer, messages, new_tokens: int, fixed: bool) -> tuple[fl
         cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
         rows.append(row[:cut])
     return seconds, cpu, rows
-
-
-def prefill_seconds(model, tokenizer, messages, repeats: int = 2) -> tuple[float, float]:
-    """One forward of the padded prompts (logits of the last position only), best of ``repeats``:
-    (wall seconds, CPU seconds)."""
-    enc = encode(tokenizer, messages)
-    positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    best = (float("inf"), float("inf"))
-    with torch.inference_mode():
-        for _ in range(repeats):
-            started, cpu_started = time.perf_counter(), time.process_time()
-            model(**enc, position_ids=positions, use_cache=True, logits_to_keep=1)
-            best = min(best, (time.perf_counter() - started, time.process_time() - cpu_started))
-    return best
 
 
 def agreement(a: list[list[int]], b: list[list[int]], eos: set[int]) -> float:
@@ -363,22 +350,26 @@ def main(argv=None) -> None:
 
     pool = prompt_messages(max(batches))
     eos = set(ours_module.eos_token_ids(model, tokenizer))
-    measured = []   # (batch, new tokens, prompt width, prefill (wall, CPU), {sampler: (wall, CPU, rows)})
+    measured = []   # (batch, new tokens, prompt width, {sampler: one-token (wall, CPU)}, {sampler: (wall, CPU, rows)})
     for batch in batches:
         messages = pool[:batch]
         width = encode(tokenizer, messages)["input_ids"].size(1)
-        prefill = prefill_seconds(model, tokenizer, messages)
+        prefill: dict[str, tuple[float, float]] = {}   # sampler -> best (wall, CPU) of a one-token run
+        runs = {name: (lambda n, m=module: run_ours(m, model, tokenizer, messages, n, fixed))
+                for name, module in samplers.items()}
+        if not args.no_hf:
+            runs["hf"] = lambda n: run_hf(model, tokenizer, messages, n, fixed)
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                wall, cpu, _ = run(1)
+                prefill[name] = min(prefill.get(name, (float("inf"), float("inf"))), (wall, cpu))
         for new_tokens in lengths:
             best: dict[str, tuple[float, float, list[list[int]]]] = {}
             for _ in range(args.repeats):
-                for name, module in samplers.items():
-                    result = run_ours(module, model, tokenizer, messages, new_tokens, fixed)
+                for name, run in runs.items():
+                    result = run(new_tokens)
                     if name not in best or result[0] < best[name][0]:
                         best[name] = result
-                if not args.no_hf:
-                    result = run_hf(model, tokenizer, messages, new_tokens, fixed)
-                    if "hf" not in best or result[0] < best["hf"][0]:
-                        best["hf"] = result
             print(f"batch {batch:3d}, {new_tokens:3d} new tokens: "
                   + ", ".join(f"{name} {r[0]:.2f} s" for name, r in best.items())
                   + f" (load average {load_average()})", flush=True)
@@ -389,14 +380,15 @@ def main(argv=None) -> None:
     summary = {}
     for batch, new_tokens, width, prefill, best in measured:
         roof = decode_roofline(shape, machine, batch, width, new_tokens)
-        print(f"batch {batch:3d}, {new_tokens:3d} new tokens (prompt width {width}, prefill {prefill[0] * 1e3:.0f} ms; "
+        print(f"batch {batch:3d}, {new_tokens:3d} new tokens (prompt width {width}, prefill ours "
+              f"{prefill['ours'][0] * 1e3:.0f} ms; "
               f"step roofline {roof['bound'] * 1e3:.1f} ms = max(compute {roof['compute'] * 1e3:.1f}, "
               f"memory {roof['memory'] * 1e3:.1f} for {roof['bytes'] / 1e6:.0f} MB)):")
         rates = {}
         for name, (seconds, cpu, rows) in best.items():
             tokens = sum(len(r) for r in rows)
-            step_ms = max(seconds - prefill[0], 1e-9) / max(new_tokens - 1, 1) * 1e3
-            cpu_step_ms = max(cpu - prefill[1], 1e-9) / max(new_tokens - 1, 1) * 1e3 / args.threads
+            step_ms = max(seconds - prefill[name][0], 1e-9) / max(new_tokens - 1, 1) * 1e3
+            cpu_step_ms = max(cpu - prefill[name][1], 1e-9) / max(new_tokens - 1, 1) * 1e3 / args.threads
             rates[name] = (tokens / seconds, step_ms)
             print(f"    {name:9s} {tokens / seconds:8.1f} tok/s  {step_ms:7.1f} ms/step  "
                   f"roofline fraction {roof['bound'] * 1e3 / step_ms:.2f}  ({tokens} tokens in {seconds:.2f} s; "

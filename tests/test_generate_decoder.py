@@ -96,10 +96,16 @@ def test_sampling_through_the_decoder_matches_the_model(lora_tiny, monkeypatch, 
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_rows_dropped_at_eos_and_shared_prefix(tiny):
-    """Rows that end early leave the batch (cache rows selected); a shared few-shot prefix is prefilled
-    once and copied: tokens and log-probs still those of the model's own forward."""
+def test_rows_dropped_at_eos_and_shared_prefix(tiny, monkeypatch):
+    """Rows that end early leave the batch (cache rows selected; weights packed for the batch, then
+    zero-padded products, then packed again); a shared few-shot prefix is prefilled once and copied:
+    tokens and log-probs still those of the model's own forward."""
     model, tok = tiny
+    monkeypatch.setattr(gen_module, "PACK_MIN_NEW_TOKENS", 1)
+    packs = []
+    original_pack = llama_decode.LlamaDecoder.pack
+    monkeypatch.setattr(llama_decode.LlamaDecoder, "pack",
+                        lambda self, rows: packs.append(rows) or original_pack(self, rows))
     eos = tok.eos_token_id
     head = model.get_output_embeddings()
     saved = head.weight.data.clone()
@@ -111,6 +117,7 @@ def test_rows_dropped_at_eos_and_shared_prefix(tiny):
                             batch_size=12)
     finally:
         head.weight.data.copy_(saved)
+    assert packs and packs[0] == 12  # decode steps ran through the packing path
     lengths = {len(g.token_ids) for g in fast}
     assert any(g.finish_reason == "eos" for g in fast) and len(lengths) > 1  # the paths under test ran
     _assert_same(fast, plain)

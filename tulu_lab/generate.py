@@ -364,17 +364,22 @@ class _ModelSteps:
         return out.logits[:, -1, :]
 
 
-class _DecoderSteps:
-    """:class:`tulu_lab.llama_decode.LlamaDecoder` with its static cache (float32 Llama models)."""
+PACK_MIN_NEW_TOKENS = 32  # packing the weights costs about as much as 5-10 decode steps
 
-    def __init__(self, decoder):
+
+class _DecoderSteps:
+    """:class:`tulu_lab.llama_decode.LlamaDecoder` with its static cache (float32 Llama models); ``pack``:
+    decode from weights packed for the batch (worth it for long enough decodes)."""
+
+    def __init__(self, decoder, pack: bool = True):
         self.decoder = decoder
+        self.pack = pack
 
     def new_cache(self, rows: int, capacity: int, reserve: int):
         return self.decoder.new_cache(rows, capacity)
 
     def __call__(self, ids, key_mask, positions, cache):
-        if ids.shape[1] == 1:  # decoding: weights packed for this batch size (once; reused while it holds)
+        if self.pack and ids.shape[1] == 1:  # decoding: weights packed for this batch size (once; reused while it holds)
             self.decoder.pack(ids.shape[0])
         return self.decoder.forward(ids, positions, cache, key_mask)
 
@@ -510,7 +515,7 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
     model.eval()
     try:
         decoder = _decoder(model) if fast_decoder else None
-        steps = _DecoderSteps(decoder) if decoder is not None else None
+        steps = _DecoderSteps(decoder, pack=max_new_tokens >= PACK_MIN_NEW_TOKENS) if decoder is not None else None
         with (contextlib.nullcontext() if decoder is not None else _fast_adapters(model)), num_threads(threads):
             for batch in tqdm(batches, desc="generating", disable=not show, unit="batch"):
                 toks, lps, finish = _generate_batch(
