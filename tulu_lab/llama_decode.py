@@ -2,8 +2,8 @@
 
 transformers' forward is written for every use (training, many cache types, many attention kernels);
 at decode time, one token per row, its per-operation bookkeeping (mask building, cache classes, peft's
-LoRA wrappers, about 50 kernels per layer) costs as much as the arithmetic of a 135M model. This
-forward computes the same function with the same kernels' arithmetic and fewer of them:
+LoRA wrappers, tens of kernels per layer) weighs on a small model. This forward computes the same
+function, up to float32 rounding, with fewer and faster kernels:
 
 * weights snapshotted once per sampling call: LoRA adapters merged into each projection
   (``W + scaling * B @ A``, in float32, equal to the separate paths up to float32 rounding), q, k and v
@@ -162,8 +162,10 @@ class LlamaDecoder:
     def pack(self, rows: int) -> None:
         """Reorder every weight into MKL's packed layout for products of ``rows`` input rows (the decode
         batch): small-batch float32 products run faster from it. Products of up to ``rows`` rows (and
-        more than half as many) use it, zero-padded; others use the plain weight. No-op without MKL."""
-        if not _mkl_packing_available() or self.packed_rows // 2 < rows <= self.packed_rows:
+        more than half as many) use it, zero-padded; others use the plain weight. No-op off the CPU or
+        without MKL. The packed copies take about as much memory as the weights."""
+        if (self.head.device.type != "cpu" or not _mkl_packing_available()
+                or self.packed_rows // 2 < rows <= self.packed_rows):
             return  # the packed weights serve this batch (zero-padded up to packed_rows)
         weights = [self.head] + [w for layer in self.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
         self.packed = {id(w): torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights}
