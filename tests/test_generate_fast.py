@@ -32,22 +32,25 @@ def lora_tiny(tiny):
     peft_model.unload()  # give the shared fixture its plain model back
 
 
-def _run(model, tok, fast: bool, **kwargs):
+def _run(model, tok, fast: bool, decoder: bool = False, **kwargs):
+    """fast: the adapters' fast path (with ``decoder``: tulu_lab.llama_decode, else the model's forward
+    with _fast_adapters); not fast: peft's own layers through the model's forward."""
     if fast:
-        return generate(model, tok, PROMPTS, **kwargs)
+        return generate(model, tok, PROMPTS, fast_decoder=decoder, **kwargs)
     original = gen_module._fast_adapters
     gen_module._fast_adapters = lambda m: contextlib.nullcontext()
     try:
-        return generate(model, tok, PROMPTS, **kwargs)
+        return generate(model, tok, PROMPTS, fast_decoder=False, **kwargs)
     finally:
         gen_module._fast_adapters = original
 
 
-def test_merged_adapters_match_peft_in_fp32(lora_tiny):
+@pytest.mark.parametrize("decoder", [False, True])
+def test_merged_adapters_match_peft_in_fp32(lora_tiny, decoder):
     model, tok = lora_tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     kwargs = dict(max_new_tokens=12, temperature=1.0, num_samples=3, seed=5, batch_size=6)
-    fast, plain = _run(model, tok, True, **kwargs), _run(model, tok, False, **kwargs)
+    fast, plain = _run(model, tok, True, decoder, **kwargs), _run(model, tok, False, **kwargs)
     assert [g.token_ids for g in fast] == [g.token_ids for g in plain]
     for a, b in zip(fast, plain):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
@@ -65,13 +68,14 @@ def test_lean_adapters_are_exact_under_bf16_autocast(lora_tiny):
     assert [g.logprobs for g in fast] == [g.logprobs for g in plain]
 
 
-def test_adapters_change_the_output(lora_tiny):
-    """The fast path really applies the adapters (an adapter-free decode differs)."""
+@pytest.mark.parametrize("decoder", [False, True])
+def test_adapters_change_the_output(lora_tiny, decoder):
+    """The fast paths really apply the adapters (an adapter-free decode differs)."""
     model, tok = lora_tiny
     kwargs = dict(max_new_tokens=8, temperature=0.0)
-    with_adapters = _run(model, tok, True, **kwargs)
+    with_adapters = _run(model, tok, True, decoder, **kwargs)
     with model.disable_adapter():
-        without = _run(model, tok, True, **kwargs)
+        without = _run(model, tok, True, decoder, **kwargs)
     assert [g.logprobs for g in with_adapters] != [g.logprobs for g in without]
 
 
@@ -159,3 +163,28 @@ def test_shared_prefix_prefill_matches_separate_prompts(tiny, monkeypatch, tempe
     assert [g.token_ids for g in shared] == [g.token_ids for g in whole]
     for a, b in zip(shared, whole):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("vocab, top_p", [(49152, 1.0), (1000, 1.0), (1000, 0.8), (384, 1.0)])
+def test_two_level_cdf_inversion_picks_what_a_full_cumulative_sum_picks(vocab, top_p):
+    """Blocked inverse-CDF sampling draws, for the same uniform draws, the tokens of a float64 cumulative
+    sum over the whole vocabulary (vocabularies that are and are not a multiple of the block); entries
+    of zero probability (masked logits, outside the nucleus) are never drawn."""
+    from tulu_lab.generate import sample_next
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, vocab, generator=g) * 3
+    logits[:, ::7] = float("-inf")
+    tokens, logprobs = sample_next(logits, 0.9, top_p, torch.Generator().manual_seed(1))
+    scaled = logits / 0.9
+    probs = torch.softmax(scaled, -1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs > top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    cdf = probs.double().cumsum(-1)
+    draw = torch.rand((64, 1), generator=torch.Generator().manual_seed(1), dtype=torch.float64) * cdf[:, -1:]
+    expected = torch.searchsorted(cdf, draw, right=True).squeeze(-1)
+    assert torch.equal(tokens, expected)
+    assert bool((probs.gather(1, tokens[:, None]) > 0).all())
+    torch.testing.assert_close(logprobs, torch.log_softmax(scaled, -1).gather(1, tokens[:, None]).squeeze(-1))

@@ -8,10 +8,13 @@ k samples per prompt). What it does that ``model.generate`` does not:
 * prefills each distinct prompt once and copies its KV cache for the k samples (``num_samples``);
 * drops finished rows from the batch as it goes, so a few long answers do not keep paying for the
   rest of the batch;
-* writes each token's keys and values into room reserved in the KV cache (no copy of the whole cache
-  per token) and slices a preallocated attention mask;
-* runs LoRA adapters with fewer kernels: merged into one fp32 weight per layer when computing in fp32,
-  a lean unmerged forward under bf16 (see ``_fast_adapters``);
+* float32 Llama-family models decode through :mod:`tulu_lab.llama_decode`: LoRA adapters merged and
+  q/k/v and gate/up fused into one weight each, one static KV cache written in place, a few kernels per
+  layer instead of transformers' general forward (same function up to float32 rounding);
+* other models run their own forward, writing each token's keys and values into room reserved in the
+  KV cache (no copy of the whole cache per token), with LoRA adapters merged into one fp32 weight per
+  layer when computing in fp32, a lean unmerged forward under bf16 (see ``_fast_adapters``);
+* slices a preallocated attention mask;
 * sorts prompts by length before batching (less left padding) and returns results in input order;
 * computes a prefix that every prompt of a batch shares (few-shot exemplars: often 90% of the prompt)
   once and copies its KV cache to each row.
@@ -22,6 +25,7 @@ template (``tulu_lab.chat.install_tulu_template`` sets the Tülu one).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,13 +71,17 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+CDF_BLOCK = 512  # vocabulary entries per block of the two-level inverse-CDF search
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
     """Pick one token per row; returns (tokens, log-probs under softmax(logits / T)).
 
     Greedy when temperature == 0. Top-p filtering shapes the sampling distribution only: the log-prob
     reported is that of the untruncated tempered distribution, which is what the policy assigns.
     Sampling inverts the cumulative distribution (float64) with one uniform draw per row: the same
-    distribution as ``torch.multinomial``, without drawing a random number per vocabulary entry.
+    distribution as ``torch.multinomial``, without drawing a random number per vocabulary entry
+    (see :func:`_invert_cdf`).
     """
     logits = logits.float()
     if temperature == 0:
@@ -82,18 +90,44 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
     else:
         scaled = logits / temperature if temperature != 1.0 else logits
-        log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
-        probs = torch.exp(scaled - log_norm)
+        top = scaled.amax(dim=-1, keepdim=True)
+        weights = torch.sub(scaled, top).exp_()  # unnormalised probabilities, largest 1
+        log_norm = top + torch.log(weights.sum(dim=-1, keepdim=True))
         if top_p < 1.0:
+            probs = weights / weights.sum(dim=-1, keepdim=True)
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest nucleus
             sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        cdf = probs.double().cumsum(dim=-1)
-        draw = torch.rand((cdf.size(0), 1), generator=generator, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
-        # the first entry whose cumulative mass exceeds the draw; zero-mass entries are never picked
-        tokens = torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.size(-1) - 1)
+            weights = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        draw = torch.rand((weights.size(0), 1), generator=generator, dtype=torch.float64, device=weights.device)
+        tokens = _invert_cdf(weights, draw)
     return tokens, (scaled.gather(-1, tokens[:, None]) - log_norm).squeeze(-1)
+
+
+def _invert_cdf(weights: torch.Tensor, draw: torch.Tensor, block: int = CDF_BLOCK) -> torch.Tensor:
+    """Per row, the first entry whose cumulative weight (float64) exceeds ``draw`` x the row's total;
+    zero-weight entries are never picked.
+
+    Two levels: float64 sums of blocks of ``block`` entries locate the block, a float64 cumulative sum
+    inside it the entry; the float64 work is one pass over the vocabulary plus one block per row
+    instead of a cumulative sum of every entry.
+    """
+    rows, vocab = weights.shape
+    pad = -vocab % block
+    if pad:
+        weights = torch.nn.functional.pad(weights, (0, pad))
+    blocks = weights.view(rows, -1, block).sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)
+    target = draw * blocks[:, -1:]
+    index = torch.searchsorted(blocks, target, right=True).clamp(max=blocks.size(1) - 1)  # (rows, 1)
+    before = torch.where(index > 0, blocks.gather(1, (index - 1).clamp(min=0)), torch.zeros_like(target))
+    starts = index * block + torch.arange(block, device=weights.device)
+    inside = weights.gather(1, starts).double().cumsum(dim=-1) + before
+    offset = torch.searchsorted(inside, target, right=True).clamp(max=block - 1)
+    # rounding can put the target past a block's last positive entry: step back to it
+    positive = weights.gather(1, starts) > 0
+    last_positive = block - 1 - positive.flip(-1).int().argmax(dim=-1, keepdim=True)
+    offset = torch.minimum(offset, last_positive)
+    return (index * block + offset).squeeze(-1).clamp(max=vocab - 1)
 
 
 def check_threads(threads, where: str) -> None:
@@ -290,6 +324,12 @@ def _lean_forward(layer):
     return forward
 
 
+def _decoder(model):
+    from tulu_lab.llama_decode import decoder_for
+
+    return decoder_for(model)
+
+
 MIN_SHARED_PREFIX = 32  # tokens; below this a separate prefill of the common prefix saves too little
 
 
@@ -309,30 +349,64 @@ def shared_prefix_length(token_lists: Sequence[Sequence[int]], minimum: int = MI
     return length if length >= minimum else 0
 
 
+class _ModelSteps:
+    """The model's own forward with a :func:`_reserved_cache` (any model, dtype or autocast)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def new_cache(self, rows: int, capacity: int, reserve: int):
+        return _reserved_cache(reserve)
+
+    def __call__(self, ids, key_mask, positions, cache):
+        out = self.model(input_ids=ids, attention_mask=key_mask, position_ids=positions, cache=cache, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+
+PACK_MIN_NEW_TOKENS = 32  # packing the weights costs about as much as 5-10 decode steps
+
+
+class _DecoderSteps:
+    """:class:`tulu_lab.llama_decode.LlamaDecoder` with its static cache (float32 Llama models); ``pack``:
+    decode from weights packed for the batch (worth it for long enough decodes)."""
+
+    def __init__(self, decoder, pack: bool = True):
+        self.decoder = decoder
+        self.pack = pack
+
+    def new_cache(self, rows: int, capacity: int, reserve: int):
+        return self.decoder.new_cache(rows, capacity)
+
+    def __call__(self, ids, key_mask, positions, cache):
+        if self.pack and ids.shape[1] == 1:  # decoding: weights packed for this batch size (once; reused while it holds)
+            self.decoder.pack(ids.shape[0])
+        return self.decoder.forward(ids, positions, cache, key_mask)
+
+
 @torch.inference_mode()
 def _generate_batch(model, tokenizer, token_lists: list[list[int]], *, repeats: int, max_new_tokens: int,
                     temperature: float, top_p: float, generator, eos_ids: list[int],
-                    stop: Sequence[str] | None, compact_every: int = 8):
+                    stop: Sequence[str] | None, compact_every: int = 8, steps=None):
     """Decode one batch of distinct tokenised prompts, ``repeats`` samples each. Returns rows in
-    prompt-major order."""
+    prompt-major order. ``steps`` runs the forward passes (default: the model's own forward)."""
     device = next(model.parameters()).device
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
-    cache = _reserved_cache(max_new_tokens)
+    steps = steps or _ModelSteps(model)
     shared = shared_prefix_length(token_lists)
-    if shared:  # e.g. few-shot exemplars: their keys and values are computed once, then copied per row
-        model(input_ids=torch.tensor([token_lists[0][:shared]], device=device), cache=cache, use_cache=True,
-              logits_to_keep=1)
-        cache.batch_repeat_interleave(len(token_lists))
     enc = tokenizer.pad({"input_ids": [ids[shared:] for ids in token_lists]}, padding=True, return_tensors="pt")
     ids, suffix_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     # The prompt mask covers prefix + left-padded suffix: [prefix][pad][suffix]; positions skip the pads.
     prompt_mask = torch.cat([suffix_mask.new_ones((len(token_lists), shared)), suffix_mask], dim=-1)
     width = prompt_mask.size(1)
+    cache = steps.new_cache(1 if shared else len(token_lists), width + max_new_tokens, max_new_tokens)
+    if shared:  # e.g. few-shot exemplars: their keys and values are computed once, then copied per row
+        steps(torch.tensor([token_lists[0][:shared]], device=device), prompt_mask[:1, :shared],
+              torch.arange(shared, device=device)[None], cache)
+        cache.batch_repeat_interleave(len(token_lists))
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, cache=cache, use_cache=True,
-                logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1, :]
+    logits = steps(ids, prompt_mask, positions, cache)
     if repeats > 1:  # one prefill per prompt, the cache copied for its samples
         cache.batch_repeat_interleave(repeats)
         logits = logits.repeat_interleave(repeats, dim=0)
@@ -377,9 +451,7 @@ def _generate_batch(model, tokenizer, token_lists: list[list[int]], *, repeats: 
             active, tokens, mask, next_pos, alive = (active[index], tokens[index], mask[index],
                                                      next_pos[index], alive[index])
         tokens = torch.where(alive, tokens, torch.full_like(tokens, tokenizer.pad_token_id))
-        out = model(input_ids=tokens[:, None], attention_mask=mask[:, :width + step + 1], position_ids=next_pos,
-                    cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1, :]
+        logits = steps(tokens[:, None], mask[:, :width + step + 1], next_pos, cache)
         next_pos = next_pos + 1
     lengths = lengths.tolist()
     tokens_list = [row[:length] for row, length in zip(tokens_out.tolist(), lengths)]
@@ -390,7 +462,7 @@ def _generate_batch(model, tokenizer, token_lists: list[list[int]], *, repeats: 
 def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, seed: int | None = 0, batch_size: int = 16,
              stop: Sequence[str] | None = None, progress: bool | None = None,
-             threads: int | str | None = None) -> list[Generation]:
+             threads: int | str | None = None, fast_decoder: bool = True) -> list[Generation]:
     """Sample responses for ``prompts`` (strings or message lists).
 
     Args:
@@ -405,6 +477,9 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
         threads: intra-op threads while decoding: None keeps torch's setting, an int sets it, "auto"
             picks the fastest count up to torch's setting with a quick matmul of the decode's shape
             (:func:`fastest_threads`; on a busy machine one thread can be several times faster).
+        fast_decoder: decode float32 Llama-family models with :mod:`tulu_lab.llama_decode` (fused
+            weights with the adapters merged, a static KV cache); False, or any other model, runs the
+            model's own forward. Both compute the same function up to float32 rounding.
 
     Returns:
         ``len(prompts) * num_samples`` Generations, prompt-major, in input order.
@@ -439,12 +514,14 @@ def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 256, 
     was_training = model.training
     model.eval()
     try:
-        with _fast_adapters(model), num_threads(threads):
+        decoder = _decoder(model) if fast_decoder else None
+        steps = _DecoderSteps(decoder, pack=max_new_tokens >= PACK_MIN_NEW_TOKENS) if decoder is not None else None
+        with (contextlib.nullcontext() if decoder is not None else _fast_adapters(model)), num_threads(threads):
             for batch in tqdm(batches, desc="generating", disable=not show, unit="batch"):
                 toks, lps, finish = _generate_batch(
                     model, tokenizer, [token_lists[i] for i in batch], repeats=num_samples,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                    generator=generator, eos_ids=eos_ids, stop=stop)
+                    generator=generator, eos_ids=eos_ids, stop=stop, steps=steps)
                 for j, prompt_index in enumerate(batch):
                     for s in range(num_samples):
                         row = j * num_samples + s
