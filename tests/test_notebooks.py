@@ -53,10 +53,11 @@ def test_notebooks_run_from_a_clone_without_the_shared_folder(smoke_env, tmp_pat
     import sys
 
     clone = tmp_path / "clone"
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "tulu_lab", "notebooks",
-                              "pyproject.toml"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
     for name in tracked:
+        if not (ROOT / name).is_file():  # deleted in the working tree
+            continue
         (clone / name).parent.mkdir(parents=True, exist_ok=True)
         (clone / name).write_bytes((ROOT / name).read_bytes())
     assert not (clone.parent / "shared").exists()
