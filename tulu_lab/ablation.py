@@ -411,10 +411,12 @@ def run_ablations(grid: Grid | None = None, recipe: Recipe | None = None, *, fig
     return {"summary": summary, "details": details, "curves": curves, "runs": runs, "figures": written}
 
 
-def read_results(figures_dir: str | Path | None = None) -> dict[str, Any] | None:
-    """The committed results of a finished grid (summary, details, curves) from ``figures/``, or None."""
+def read_results(grid: Grid | None = None, figures_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The results a finished grid wrote to ``figures/`` (summary, details, curves), or None when they
+    are missing or are not every cell and seed of ``grid`` (default: the full grid, not the smoke one)."""
     import pandas as pd
 
+    grid = grid if grid is not None else load_grid(smoke=False)
     directory = Path(figures_dir) if figures_dir is not None else paths.figures_dir()
     files = {"summary": directory / SUMMARY_CSV, "details": directory / f"{FIGURE_SUMMARY}.csv",
              "curves": directory / f"{FIGURE_CURVES}.csv"}
@@ -423,6 +425,9 @@ def read_results(figures_dir: str | Path | None = None) -> dict[str, Any] | None
     tables = {k: pd.read_csv(p) for k, p in files.items()}
     if list(tables["summary"].columns) != SUMMARY_COLUMNS or "cell" not in tables["curves"].columns:
         return None  # figures of another experiment (e.g. an older beta sweep)
+    wanted = {(c.cell, c.seed) for c in grid.cells}
+    if set(zip(tables["summary"]["cell"], tables["summary"]["seed"])) != wanted:
+        return None
     return tables
 
 
@@ -548,7 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     smoke = True if args.smoke else None
     started = time.perf_counter()
-    results = run_ablations(load_grid(args.grid, smoke=smoke), load_recipe(smoke=smoke))
+    recipe = load_recipe(smoke=smoke)
+    # a smoke grid's figures stay beside its runs: figures/ holds the full grid's
+    figures_dir = ablations_dir(recipe) / "figures" if (smoke or paths.smoke()) else None
+    results = run_ablations(load_grid(args.grid, smoke=smoke), recipe, figures_dir=figures_dir)
     print(results["summary"].to_string(index=False))
     print(f"[ablation] wall time {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return 0
