@@ -486,14 +486,17 @@ def plot_accuracy_vs_kl(details):
                        label=row.cell)
             ax.annotate(_label(row.cell, row.seed), (row.final_kl, 100 * row.accuracy_after), fontsize=6.5,
                         textcoords="offset points", xytext=(4, 4))
-        for start, part in details.groupby("start"):
-            ax.axhline(100 * part["accuracy_before"].iloc[0], color="#666666", linestyle=":", linewidth=1.1)
-            ax.annotate(f"{start} checkpoint", (ax.get_xlim()[0], 100 * part["accuracy_before"].iloc[0]),
-                        fontsize=6.5, color="#666666", textcoords="offset points", xytext=(2, 3))
+        for index, (start, part) in enumerate(details.groupby("start")):
+            level = 100 * part["accuracy_before"].iloc[0]
+            ax.axhline(level, color="#666666", linestyle=":", linewidth=1.1)
+            # one start's label at the left end of its line, the other's at the right: equal levels stay legible
+            ax.annotate(f"{start} checkpoint", (ax.get_xlim()[index % 2], level), fontsize=6.5, color="#666666",
+                        textcoords="offset points", xytext=(2 if index % 2 == 0 else -2, 3),
+                        ha="left" if index % 2 == 0 else "right")
         handles, names = ax.get_legend_handles_labels()
         unique = dict(zip(names, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=7, frameon=False)
-        ax.set_xlabel("KL to the start at the last step (k3, per token)")
+        ax.set_xlabel("KL to the start at the last rollout step (k3, per token)")
         ax.set_ylabel(f"held-out accuracy, % (n = {int(details['n'].iloc[0])}, greedy)")
         ax.set_title("Held-out accuracy vs final KL across the ablation's cells", fontsize=10)
         ax.grid(True)
