@@ -158,6 +158,8 @@ def test_smoke_grid_killed_mid_cell_resumes_to_the_same_results(tiny_model_dir, 
     assert read_run(cells["baseline_seed0"])["status"] == "finished"
     assert read_run(cells["random_reward_seed0"])["status"] == "running"
     assert (cells["random_reward_seed0"] / "checkpoint-1").is_dir()
+    kept = {f: f.stat().st_mtime_ns for f in (cells["random_reward_seed0"] / "checkpoint-1").rglob("*") if f.is_file()}
+    first_cell = {f: f.stat().st_mtime_ns for f in cells["baseline_seed0"].rglob("*") if f.is_file()}
 
     threads = torch.get_num_threads()
     env_runs = os.environ.get("TULU_LAB_RUNS")
@@ -170,6 +172,9 @@ def test_smoke_grid_killed_mid_cell_resumes_to_the_same_results(tiny_model_dir, 
             os.environ.pop("TULU_LAB_RUNS", None)
         else:
             os.environ["TULU_LAB_RUNS"] = env_runs
+    # resumed from its checkpoint, not restarted; the finished cell untouched (its held-out cache aside)
+    assert all(f.stat().st_mtime_ns == t for f, t in kept.items())
+    assert all(f.stat().st_mtime_ns == t for f, t in first_cell.items() if not f.name.startswith("heldout-"))
     for run in resumed["runs"].values():
         assert read_run(run.folder)["status"] in ("finished", "stopped"), run.spec.name
     summary = pd.read_csv(killed / "figures" / "ablation_summary.csv")
@@ -177,6 +182,11 @@ def test_smoke_grid_killed_mid_cell_resumes_to_the_same_results(tiny_model_dir, 
     assert set(summary["factor"]) == set(ablation.FACTORS)
     for name in ("03_rlvr_curves", "04_overoptimization", "10_ablation_summary"):
         assert (killed / "figures" / f"{name}.png").is_file() and (killed / "figures" / f"{name}.csv").is_file()
+    # notebook 05 reads a finished grid's results, and only those of the grid it asks for
+    read = ablation.read_results(ablation.load_grid(smoke=True), killed / "figures")
+    assert read is not None and list(read["summary"].columns) == ISSUE_COLUMNS
+    assert {"gain_low", "gain_high", "vs_baseline_p"} <= set(read["details"].columns)
+    assert ablation.read_results(ablation.load_grid(smoke=False), killed / "figures") is None
     # PPO's budget is the baseline's measured wall time: its step count is not deterministic
     timed = resumed["curves"]["cell"] == "ppo"
     a = resumed["curves"][~timed].drop(columns=["step_time"]).reset_index(drop=True)
