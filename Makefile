@@ -46,7 +46,7 @@ smoke: $(STAMP)
 	TULU_LAB_SMOKE=1 $(BIN)/python -m tulu_lab.reproduce notebooks
 
 # The RLVR ablation grid (recipes/embedded/ablations.yaml): every cell a resumable run, then the held-out
-# scoring, figures/ablation_summary.csv and figures 03, 04 and 10 (about 100 minutes on 2 cores from the
+# scoring, figures/ablation_summary.csv and figures 03, 04 and 10 (85-115 minutes on 2 cores from the
 # DPO checkpoint; ABLATION_ARGS=--smoke for the smoke grid).
 ablations: $(STAMP)
 	$(BIN)/python -m tulu_lab.ablation $(ABLATION_ARGS)

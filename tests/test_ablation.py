@@ -23,8 +23,8 @@ ISSUE_COLUMNS = ["cell", "factor", "value", "seed", "steps", "minutes", "accurac
 def test_the_grid_file_decides_cells_seeds_and_budgets():
     grid = ablation.load_grid(smoke=False)
     names = [c.name for c in grid.cells]
-    assert names == ["baseline_seed0", "baseline_seed1", "random_reward_seed0", "random_reward_seed1",
-                     "beta_0.05_seed0", "beta_0.5_seed0", "start_sft_seed0", "ppo_seed0"]
+    assert names == ["baseline_seed0", "random_reward_seed0", "beta_0.05_seed0", "beta_0.5_seed0",
+                     "start_sft_seed0", "ppo_seed0", "baseline_seed1", "random_reward_seed1"]
     assert grid.heldout_problems >= 1000 and grid.steps >= 10
     assert {c.factor for c in grid.cells} == set(ablation.FACTORS)
     by = {c.name: c for c in grid.cells}

@@ -158,8 +158,10 @@ def load_grid(path: str | Path | None = None, *, smoke: bool | None = None, seed
         if spec.equal_time is not None and not any(s.cell == spec.equal_time and s.seed == spec.seed for s in specs):
             raise ValueError(f"{path}: cell {spec.name}: equal_time names {spec.equal_time!r}, which has no cell "
                              f"with seed {spec.seed}")
-    # cells whose budget is another cell's wall time run after that cell
-    specs.sort(key=lambda s: s.equal_time is not None)
+    # every cell's first seed before any second seed (a grid stopped early has each factor once), and a
+    # cell whose budget is another cell's wall time after that cell
+    seed_rank = {seed: i for i, seed in enumerate(sorted({s.seed for s in specs}))}
+    specs.sort(key=lambda s: (seed_rank[s.seed], s.equal_time is not None))
     return Grid(steps=data["steps"], minutes=float(data["minutes"]), heldout_problems=data["heldout_problems"],
                 cells=tuple(specs), source=str(path))
 
