@@ -31,6 +31,14 @@ problem (the recipe's own ``n_test`` split is left as it is), cached in each run
 fingerprint and step. Each cell is compared with its start checkpoint and with the baseline cell of
 its seed by McNemar's exact test on the paired verdicts, and the gain gets Newcombe's 95% interval for
 a difference of paired proportions (``tulu_lab.stats.paired_difference_interval``).
+
+``figures/ablation_summary.csv`` has one row per cell and seed: ``steps`` and ``minutes`` trained (the
+sum of the logged step times), the start checkpoint's and the cell's held-out accuracy, the gain in
+points, ``fixed`` / ``broken`` (problems wrong before and right after / the reverse), McNemar's p against
+the start, ``final_kl`` (KL to the start of the policy that drew the last rollout, per token, the recipe's
+estimator) and ``final_reward`` (the true verifier's mean score on that rollout, on the reward's scale:
+``correct_reward`` if right, ``non_stop_penalty`` if unfinished). Figure 10's CSV adds the intervals and
+the comparison with the baseline cell.
 """
 
 from __future__ import annotations
