@@ -7,7 +7,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Tests never reach for a hub; users' runs may (a hub id given to load_model or a loader).
 test test-slow test-browser: export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv test test-slow test-browser test-all reproduce smoke benchmarks clean-figures
+.PHONY: venv test test-slow test-browser test-all reproduce smoke ablations benchmarks clean-figures
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ reproduce: $(STAMP)
 
 smoke: $(STAMP)
 	TULU_LAB_SMOKE=1 $(BIN)/python -m tulu_lab.reproduce notebooks
+
+# The RLVR ablation grid (recipes/embedded/ablations.yaml): every cell a resumable run, then the held-out
+# scoring, figures/ablation_summary.csv and figures 03, 04 and 10 (85-115 minutes on 2 cores from the
+# DPO checkpoint; ABLATION_ARGS=--smoke for the smoke grid).
+ablations: $(STAMP)
+	$(BIN)/python -m tulu_lab.ablation $(ABLATION_ARGS)
 
 benchmarks: $(STAMP)
 	@ls benchmarks/*.py

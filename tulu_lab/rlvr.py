@@ -66,6 +66,11 @@ Where this departs from the paper (and from open-instruct's code)
 * Several processes: each process samples its own prompts' responses, with seeds derived from
   (seed, step, rank); dropout is reseeded the same way every step, so a resume is exact on any process.
 * The rollout batch reuses prompts once the data is used up (a new shuffled pass), as open-instruct.
+
+The random-reward control (``train_rlvr(..., reward_control="shuffled")``, the ablation's control arm):
+each step's scores, computed as above, are permuted at random across the whole rollout batch (every
+group of the step on this process), so each response receives the score of another, random response.
+:func:`shuffled_scores` says why this control and not another.
 """
 
 from __future__ import annotations
@@ -768,8 +773,12 @@ def rlvr_update(cfg: RLVRConfig, model, optimizer: torch.optim.Optimizer, batch:
 
 
 def rollout(cfg: RLVRConfig, model, tokenizer, rows: list[dict], prompt_texts: list[str], *, seed: int,
-            reward_model: RewardModel | None = None, global_offset: int = 0) -> tuple[RolloutBatch, dict]:
-    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts."""
+            reward_model: RewardModel | None = None, global_offset: int = 0,
+            reward_control: str | None = None) -> tuple[RolloutBatch, dict]:
+    """Sample ``samples_per_prompt`` responses per row, score them; returns the batch and raw counts.
+
+    ``reward_control="shuffled"``: the scores are permuted across the batch (:func:`shuffled_scores`);
+    ``info["verifiable_scores"]`` keeps the scores as the verifier gave them."""
     device = next(model.parameters()).device
     k = cfg.samples_per_prompt
     with autocast(cfg, device):
@@ -786,14 +795,42 @@ def rollout(cfg: RLVRConfig, model, tokenizer, rows: list[dict], prompt_texts: l
         base_score = torch.tensor(rm, dtype=torch.float32) * cfg.reward_model_weight
     scores = verifiable_score(torch.tensor(correct), torch.tensor(stopped), cfg.correct_reward,
                               cfg.non_stop_penalty, base_score)
+    verifiable_scores = scores.clone()
+    if reward_control == "shuffled":
+        scores = shuffled_scores(scores, _derived_seed(seed, 31))
+    elif reward_control is not None:
+        raise ValueError(f"reward_control must be None or one of {list(REWARD_CONTROLS)}, got {reward_control!r}")
     prompt_ids = [tokenizer(prompt_texts[g.prompt_index], add_special_tokens=False)["input_ids"] for g in generations]
     batch = RolloutBatch(prompt_ids=prompt_ids, response_ids=[list(g.token_ids) for g in generations],
                          scores=scores, group_size=k, global_offset=global_offset,
                          sampler_logprobs=pad_sequence([torch.tensor(g.logprobs, dtype=torch.float32)
                                                         for g in generations], batch_first=True))
     info = {"correct": correct, "stopped": stopped, "lengths": [len(g.token_ids) for g in generations],
-            "generations": generations}
+            "generations": generations, "verifiable_scores": verifiable_scores}
     return batch, info
+
+
+REWARD_CONTROLS = ("shuffled",)
+
+
+def shuffled_scores(scores: torch.Tensor, seed: int) -> torch.Tensor:
+    """The random-reward control: the step's scores permuted uniformly at random across the batch.
+
+    Every response keeps a score drawn from this step's own scores, so the reward keeps its scale
+    (0 / ``correct_reward`` / ``non_stop_penalty``), its batch mean and its spread exactly, step by
+    step, including as the policy changes; but which response gets which score is decided by the
+    permutation alone, so the score a response receives carries no information about whether it was
+    correct (or stopped). A Bernoulli draw at another run's running accuracy would keep the mean only
+    in expectation, lose the non-stop penalty's share and tie this run to that run's log; permuting
+    within groups would keep each group's scores and so its advantages up to a relabelling, still
+    independent of correctness but never moving the group mean. Across groups, GRPO still sees groups
+    with unequal scores and a non-zero gradient, so the control trains as much as the verified run
+    and differs from it only in the link between a response and its score. (With several processes
+    each permutes its own share of the batch.) Deterministic in ``seed``: a resumed run draws the same.
+    """
+    generator = torch.Generator().manual_seed(int(seed) % (2**63))
+    order = torch.randperm(len(scores), generator=generator)
+    return scores[order].clone()
 
 
 def _verify(row: dict, text: str) -> bool:
@@ -845,10 +882,11 @@ class RLVRStage(Stage):
     checkpoint_at_end = True
 
     def __init__(self, cfg: RLVRConfig, tokenizer, rows, prompt_texts, usable, eval_rows, reward_model,
-                 world: World):
+                 world: World, reward_control: str | None = None):
         super().__init__(cfg, cfg.num_steps)
         self.tokenizer, self.rows, self.prompt_texts, self.usable = tokenizer, rows, prompt_texts, usable
         self.eval_rows, self.reward_model, self.world = eval_rows, reward_model, world
+        self.reward_control = reward_control
         self.value_head = self.ref_model = None
         self.eval_accuracy = None
         self.history: list[dict] = []
@@ -892,7 +930,7 @@ class RLVRStage(Stage):
         mine = [self.usable[i] for i in step_rows[world.rank * local_prompts:(world.rank + 1) * local_prompts]]
         batch, info = rollout(cfg, model, self.tokenizer, [self.rows[i] for i in mine],
                               [self.prompt_texts[i] for i in mine], seed=_derived_seed(cfg.seed, step, world.rank),
-                              reward_model=self.reward_model,
+                              reward_model=self.reward_model, reward_control=self.reward_control,
                               global_offset=world.rank * local_prompts * cfg.samples_per_prompt)
         generate_time = timer.lap()
         # ---- 3. score pass + 4. advantages ----
@@ -945,7 +983,7 @@ class RLVRStage(Stage):
 def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_data: Sequence[dict] | None = None,
                reward_model: RewardModel | None = None, resume: bool = True, progress: bool = True,
                save_merged: bool = True, time_limit_s: float | None = None,
-               start: str | None = None) -> dict[str, Any]:
+               start: str | None = None, reward_control: str | None = None) -> dict[str, Any]:
     """Train ``model`` with RLVR (``cfg.algorithm``: "ppo" Tülu 3, "grpo" Tülu 3.1).
 
     Args:
@@ -969,6 +1007,8 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
             there, so a later call can continue. The schedule still spans ``cfg.num_steps``.
         start: the identity of the starting weights (``training.source_fingerprint`` of their
             folder); default: a hash of the weights and the tokenizer.
+        reward_control: None (the reward as configured) or "shuffled", the random-reward control
+            (:func:`shuffled_scores`); recorded in the run's identity, so it is a run of its own.
 
     Returns:
         ``{"output_dir", "final_dir", "steps" (completed), "episodes", "stopped_early", "metrics" (every
@@ -983,6 +1023,9 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     if reward_model is not None and cfg.reward_model_weight == 0:
         raise ValueError("train_rlvr: a reward_model was given but cfg.reward_model_weight is 0; "
                          "set reward_model_weight > 0 (the paper's ablation) or drop the reward model")
+    if reward_control is not None and reward_control not in REWARD_CONTROLS:
+        raise ValueError(f"train_rlvr: reward_control must be None or one of {list(REWARD_CONTROLS)}, "
+                         f"got {reward_control!r}")
     if reward_model is None and cfg.reward_model_weight > 0:
         raise ValueError(f"train_rlvr: cfg.reward_model_weight is {cfg.reward_model_weight} but no reward_model was given")
 
@@ -993,14 +1036,16 @@ def train_rlvr(cfg: RLVRConfig, model, tokenizer, data: Sequence[dict], *, eval_
     if not usable:
         raise ValueError(f"train_rlvr: every prompt is longer than max_prompt_len = {cfg.max_prompt_len} tokens")
     identity = run_identity(cfg, start=start_identity(start, model, tokenizer), data=data_fingerprint(rows),
-                            eval_data=data_fingerprint(eval_rows) if eval_rows is not None else None)
+                            eval_data=data_fingerprint(eval_rows) if eval_rows is not None else None,
+                            **({"reward_control": reward_control} if reward_control else {}))
     accelerator = make_accelerator(cfg)
     world = World.from_accelerator(accelerator)
     if cfg.prompts_per_step % world.size:
         raise ValueError(f"train_rlvr: prompts_per_step = {cfg.prompts_per_step} is not divisible by the "
                          f"{world.size} processes (each process samples whole groups)")
 
-    stage = RLVRStage(cfg, tokenizer, rows, prompt_texts, usable, eval_rows, reward_model, world)
+    stage = RLVRStage(cfg, tokenizer, rows, prompt_texts, usable, eval_rows, reward_model, world,
+                      reward_control=reward_control)
     summary, run = run_training(stage, model, tokenizer, identity=identity, resume=resume, progress=progress,
                                 time_limit_s=time_limit_s, save_merged=save_merged, accelerator=accelerator)
     return {"output_dir": str(cfg.output_dir), "final_dir": summary["final_dir"] if run.is_main else None,
@@ -1024,14 +1069,21 @@ def _step_record(cfg, step, batch: RolloutBatch, info, stats: UpdateStats, world
     k = batch.group_size
     grouped = scores.view(-1, k)
     zero_std = (grouped.max(1).values == grouped.min(1).values).double() if k > 1 else torch.zeros(0)
+    # the verifier's own scores (differ from ``scores`` only under a reward control)
+    verified = info.get("verifiable_scores", batch.scores).double()
+    verified_grouped = verified.view(-1, k)
+    verified_zero_std = ((verified_grouped.max(1).values == verified_grouped.min(1).values).double()
+                         if k > 1 else torch.zeros(0))
     mask = batch.response_mask
     sums = world.sum(torch.stack([
         scores.sum(), (scores ** 2).sum(), torch.tensor(float(len(scores)), dtype=torch.float64),
         torch.tensor(float(sum(info["correct"])), dtype=torch.float64), lengths.sum(),
         torch.tensor(float(sum(not s for s in info["stopped"])), dtype=torch.float64),
         zero_std.sum(), torch.tensor(float(len(zero_std)), dtype=torch.float64),
+        verified.sum(), verified_zero_std.sum(),
     ]))
-    total, total_sq, n, n_correct, total_len, n_clipped, n_zero_std, n_groups = sums.tolist()
+    (total, total_sq, n, n_correct, total_len, n_clipped, n_zero_std, n_groups, verified_total,
+     n_verified_zero_std) = sums.tolist()
     mean = total / n
     std = math.sqrt(max(total_sq - n * mean ** 2, 0.0) / (n - 1)) if n > 1 else 0.0
     kl = stats.kl
@@ -1055,6 +1107,8 @@ def _step_record(cfg, step, batch: RolloutBatch, info, stats: UpdateStats, world
         "completions/mean_length": total_len / n,
         "completions/clipped_ratio": n_clipped / n,
         "frac_reward_zero_std": n_zero_std / n_groups if n_groups else None,
+        "verifiable_reward": verified_total / n,
+        "frac_verifiable_zero_std": n_verified_zero_std / n_groups if n_groups else None,
         "clip_ratio": stats.clip_ratio,
         "loss": stats.loss,
         "policy_loss": stats.policy_loss,
@@ -1078,5 +1132,5 @@ def read_metrics(path: str | Path) -> list[dict]:
 __all__ = [
     "MicroBatch", "RolloutBatch", "UpdateStats", "World", "check_rlvr_rows", "compute_advantages",
     "evaluate_accuracy", "forward_response", "make_micro_batch", "make_value_head", "read_metrics",
-    "rlvr_update", "rollout", "score_rollout", "train_rlvr", "whiten_global",
+    "rlvr_update", "rollout", "score_rollout", "shuffled_scores", "train_rlvr", "whiten_global",
 ]
