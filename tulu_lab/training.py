@@ -624,6 +624,7 @@ def _fail_run(output_dir, step: int, what: str, is_main: bool) -> None:
                f"(the run resumes from that checkpoint).")
     if is_main:
         update_run(output_dir, status="failed", error=message)
+        append_ledger(output_dir)
     raise NonFiniteError(message)
 
 
@@ -631,8 +632,25 @@ def finish_run(output_dir: str | os.PathLike, *, step: int, stopped_early: bool,
                final_metrics: dict[str, Any] | None) -> dict[str, Any]:
     """Mark the run finished (or "stopped" before its last step, to be continued)."""
     clean = {k: _json_number(v) for k, v in (final_metrics or {}).items()}
-    return update_run(output_dir, status="stopped" if stopped_early else "finished", step=step,
-                      wall_time_s=round(wall_time_s, 1), final_metrics=clean)
+    record = update_run(output_dir, status="stopped" if stopped_early else "finished", step=step,
+                        wall_time_s=round(wall_time_s, 1), final_metrics=clean)
+    append_ledger(output_dir)
+    return record
+
+
+def append_ledger(output_dir: str | os.PathLike) -> None:
+    """List the run's record (just written to its run.json) in the run ledger (:mod:`tulu_lab.ledger`).
+
+    The run's own folder is the source of truth: a ledger that cannot be written is reported, and
+    ``ledger.rebuild_ledger()`` restores it from the folders.
+    """
+    from tulu_lab.ledger import append_run
+
+    try:
+        append_run(output_dir)
+    except OSError as err:
+        print(f"[tulu_lab] the run ledger was not updated ({type(err).__name__}: {err}); "
+              f"tulu_lab.ledger.rebuild_ledger() rebuilds it from the run folders", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
