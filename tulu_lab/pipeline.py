@@ -321,6 +321,13 @@ def run_rlvr(recipe: Recipe | None = None, *, force: bool = False, start: str = 
     return _run_stage("rlvr", recipe, force, parent if parent is not None else start, overrides)
 
 
+def recipe_with(recipe: Recipe | None = None, *, model: str | None = None, quant: str | None = None) -> Recipe:
+    """The recipe (default: ``load_recipe()``) with another starting ``model`` and/or ``quant``; None keeps its own."""
+    recipe = _recipe(recipe)
+    changes = {k: v for k, v in (("model", model), ("quant", quant)) if v is not None}
+    return recipe.replace(**changes) if changes else recipe
+
+
 def stage_settings(stage: str, recipe: Recipe | None = None, *, model: str | None = None, quant: str | None = None,
                    lora_r: int | None = None, lora_alpha: int | None = None,
                    **fields: Any) -> tuple[Recipe, dict[str, Any]]:
@@ -331,12 +338,9 @@ def stage_settings(stage: str, recipe: Recipe | None = None, *, model: str | Non
     stage's config (``learning_rate``, ``beta``, ``max_steps``, ``seed`` ...). A changed value makes a
     run of its own (``run_<stage>(recipe, **overrides)``); with every value None the baseline is returned.
     """
-    recipe = _recipe(recipe)
     if stage not in TRAINED_STAGES:
         raise ValueError(f"unknown stage {stage!r}; allowed: {list(TRAINED_STAGES)}")
-    changes = {k: v for k, v in (("model", model), ("quant", quant)) if v is not None}
-    if changes:
-        recipe = recipe.replace(**changes)
+    recipe = recipe_with(recipe, model=model, quant=quant)
     cfg = recipe.stage(stage)
     known = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(fields) - known)
