@@ -7,7 +7,8 @@
 Each notebook runs with its own folder as the working directory; executed copies go to
 ``notebooks/executed/`` (ignored by git). Parameters are injected the papermill way: a cell after the
 notebook's ``parameters``-tagged cell (a notebook without a given parameter ignores it). A failing cell
-stops the run with the notebook's name.
+stops the run with the notebook's name. A full pass (no ``--only``, no parameters) ends by writing
+``figures/REPORT.md`` from the runs (:mod:`tulu_lab.report`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                         help="a notebook parameter (papermill's -p), passed to the notebooks that declare it")
+    parser.add_argument("--no-report", action="store_true", help="do not write figures/REPORT.md at the end")
     args = parser.parse_args(argv)
     parameters = parse_parameters(args.parameter)
 
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"[reproduce] {path.name} done in {seconds:.0f} s", flush=True)
     print(f"[reproduce] all notebooks done in {(time.perf_counter() - total) / 60:.1f} min", flush=True)
+    if not (args.only or parameters or args.no_report):  # a full pass over the recipe's baseline runs
+        from tulu_lab.report import write_report
+        print(f"[reproduce] report card: {write_report()}", flush=True)
     return 0
 
 
