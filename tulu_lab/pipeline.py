@@ -439,7 +439,6 @@ def heldout_preference_accuracy(stage_or_run: str | Path = "dpo", recipe: Recipe
     """Held-out DPO preference accuracy of a DPO run (implicit reward margin > 0; the reference is the
     run it started from: its adapters disabled)."""
     from tulu_lab.dpo import preference_accuracy
-    from tulu_lab.models import load_model
     from tulu_lab.training import data_fingerprint, fingerprint
 
     recipe = _recipe(recipe)
@@ -454,13 +453,25 @@ def heldout_preference_accuracy(stage_or_run: str | Path = "dpo", recipe: Recipe
     cache = folder / "heldout_preference.json"
     if cached := _cached(cache, key):
         return cached["accuracy"]
-    # The start model with the DPO adapters on top: adapters disabled, it is exactly the DPO reference.
-    policy, tokenizer = load_model(_start_folder(record, recipe), dtype=recipe.dtype, quant=recipe.quant,
-                                   lora=str(folder / "final" / "adapter"), verbose=False)
+    policy, tokenizer = load_preference_policy(folder, recipe)
     accuracy = preference_accuracy(policy, tokenizer, pairs, beta=cfg.beta, loss_type=cfg.loss_type,
                                    max_seq_len=cfg.max_seq_len)
     cache.write_text(json.dumps({"run": folder.name, "key": key, "accuracy": accuracy}))
     return accuracy
+
+
+def load_preference_policy(stage_or_run: str | Path = "dpo", recipe: Recipe | None = None):
+    """(policy, tokenizer) of a DPO run as it trained: the model it started from with the run's LoRA
+    adapters on top, so that with the adapters disabled it is exactly the run's reference."""
+    from tulu_lab.models import load_model
+
+    recipe = _recipe(recipe)
+    folder = _run_folder(stage_or_run, recipe)
+    record = run_record(folder, recipe)
+    if record is None or record.get("status") != "finished" or record["identity"]["stage"] != "dpo":
+        raise FileNotFoundError(f"no finished DPO run at {folder}")
+    return load_model(_start_folder(record, recipe), dtype=recipe.dtype, quant=recipe.quant,
+                      lora=str(folder / "final" / "adapter"), verbose=False)
 
 
 def _start_folder(record: dict[str, Any], recipe: Recipe) -> Path:
