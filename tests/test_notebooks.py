@@ -56,7 +56,7 @@ def test_notebooks_run_from_a_clone_without_the_shared_folder(smoke_env, tmp_pat
 
     clone = tmp_path / "clone"
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "tulu_lab", "notebooks",
-                              "pyproject.toml"], cwd=ROOT,
+                              "recipes", "pyproject.toml"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()
     for name in tracked:
         (clone / name).parent.mkdir(parents=True, exist_ok=True)
