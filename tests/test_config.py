@@ -136,7 +136,7 @@ def test_tulu31_grpo_on_top_of_a_paper_scale():
 
 # ------------------------------------------------------------------ every preset value vs its source
 
-PROJECT_FIELDS = {"output_dir", "num_processes", "precision", "lora", "checkpoint_every", "log_path", "track_kl",
+PROJECT_FIELDS = {"output_dir", "num_processes", "precision", "lora", "checkpoint_every", "log_path", "report_to", "track_kl",
                   "grpo_loss_type", "max_steps"}
 UNUSED_BY = {"ppo": {"advantage_scale", "advantage_eps", "log_ratio_clamp"},
              "grpo": {"value_clip", "vf_coef", "gamma", "lam", "whiten_advantages"}}

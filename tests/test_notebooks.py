@@ -6,11 +6,13 @@ figures go to a temporary folder too, leaving the committed figures/ untouched.
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tulu_lab.reproduce import execute_notebook, notebook_paths
+from tulu_lab.reproduce import execute_notebook, notebook_parameters, notebook_paths, parse_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")
@@ -69,3 +71,79 @@ def test_notebooks_run_from_a_clone_without_the_shared_folder(smoke_env, tmp_pat
     assert imported == str(clone / "tulu_lab" / "__init__.py")
     for path in notebook_paths(clone / "notebooks", ["01_", "06_", "08_"]):
         execute_notebook(path, smoke_env / "executed-clone", timeout=1800)
+
+
+# the stage notebooks' knobs, named as the config fields are (papermill's `parameters` cell)
+PARAMETERS = {
+    "02_sft": {"learning_rate", "max_steps", "epochs", "seed", "lora_r", "model", "quant"},
+    "03_dpo": {"learning_rate", "beta", "max_steps", "epochs", "seed", "lora_r", "model", "quant", "parent"},
+    "04_rlvr": {"learning_rate", "beta", "max_steps", "seed", "lora_r", "temperature", "model", "quant", "parent",
+                "variant_beta"},
+    "06_evaluation": {"limit", "model", "quant"},
+}
+
+
+def test_stage_notebooks_start_with_a_parameters_cell():
+    from tulu_lab.config import DPOConfig, RLVRConfig, SFTConfig
+
+    fields = {"02_sft": SFTConfig, "03_dpo": DPOConfig, "04_rlvr": RLVRConfig}
+    for stem, names in PARAMETERS.items():
+        path = ROOT / "notebooks" / f"{stem}.ipynb"
+        cells = json.loads(path.read_text())["cells"]
+        second = cells[1]
+        assert second["cell_type"] == "code" and second["metadata"].get("tags") == ["parameters"], stem
+        assert sum("parameters" in c["metadata"].get("tags", []) for c in cells) == 1, stem
+        assert set(notebook_parameters(path)) == names, stem
+        body = "".join("".join(c["source"]) for c in cells[2:] if c["cell_type"] == "code")
+        for name in names:  # every knob reaches the run
+            assert f"{name}={name}" in body or f"parent={name}" in body or f'"beta": {name}' in body \
+                or f"{name} or" in body, (stem, name)
+        if stem in fields:  # config knobs are named as the config's fields
+            known = {f for f in fields[stem].__dataclass_fields__}
+            assert names - {"lora_r", "model", "quant", "parent", "variant_beta"} <= known, stem
+
+
+def test_reproduce_injects_parameters_the_papermill_way(tmp_path):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    params = nbformat.v4.new_code_cell("beta = None\nsteps = 1")
+    params.metadata["tags"] = ["parameters"]
+    notebook.cells = [params, nbformat.v4.new_code_cell("assert beta == 2.0 and steps == 3, (beta, steps)")]
+    path = tmp_path / "nb" / "01_params.ipynb"
+    path.parent.mkdir()
+    nbformat.write(notebook, path)
+    assert notebook_parameters(path) == ["beta", "steps"]
+    values = parse_parameters([["beta", "2.0"], ["steps", "3"], ["other", "x"]])
+    assert values == {"beta": 2.0, "steps": 3, "other": "x"}
+    execute_notebook(path, tmp_path / "out", timeout=120, parameters=values)  # "other" is not declared: left out
+    executed = nbformat.read(tmp_path / "out" / path.name, as_version=4)
+    assert executed.cells[1].metadata["tags"] == ["injected-parameters"]
+    with pytest.raises(Exception, match="AssertionError"):
+        execute_notebook(path, tmp_path / "out2", timeout=120)
+
+
+@pytest.mark.slow
+def test_a_changed_notebook_parameter_trains_a_variant_and_leaves_the_baseline(smoke_env, tmp_path):
+    """papermill notebooks/03_dpo.ipynb out.ipynb -p beta 2.0, after the baseline DPO run of the smoke runs."""
+    from tulu_lab import pipeline
+    from tulu_lab.recipe import load_recipe
+    from tulu_lab.training import read_run
+
+    recipe = load_recipe()  # the smoke recipe (TULU_LAB_SMOKE=1)
+    baseline = pipeline.stage_dir("dpo", recipe)
+    if not (baseline / "final").is_dir():  # run on its own: the baseline first
+        execute_notebook(ROOT / "notebooks" / "03_dpo.ipynb", smoke_env / "executed", timeout=1800)
+    before = {p: p.read_bytes() for p in sorted(baseline.rglob("*")) if p.is_file()}
+    runs_before = set(baseline.parent.glob("dpo-*"))
+    subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "03_dpo.ipynb"),
+                    str(tmp_path / "03_beta2.ipynb"), "-p", "beta", "2.0", "--cwd", str(ROOT / "notebooks"),
+                    "-k", "python3", "--no-progress-bar"], check=True, timeout=1800)
+    new = set(baseline.parent.glob("dpo-*")) - runs_before
+    assert len(new) == 1, new
+    (variant,) = new
+    record = read_run(variant)
+    assert record["status"] == "finished" and record["identity"]["config"]["beta"] == 2.0
+    assert read_run(baseline)["identity"]["config"]["beta"] == recipe.dpo.beta != 2.0
+    assert {p: p.read_bytes() for p in sorted(baseline.rglob("*")) if p.is_file()} == before

@@ -121,3 +121,39 @@ def test_no_module_level_settings_remain():
     assert full.dtype == "fp32" and all(full.stage(s).precision == "fp32" for s in ("sft", "dpo", "rlvr"))
     with pytest.raises(TypeError, match="rlvr_minuets"):
         full.with_stage("rlvr", rlvr_minuets=20)
+
+
+def test_notebook_parameters_and_a_run_folder_as_parent(recipe):
+    import dataclasses
+
+    from tulu_lab.training import read_run
+
+    same, overrides = pipeline.stage_settings("dpo", recipe, beta=None, learning_rate=None, lora_r=None, model=None)
+    assert same == recipe and overrides == {}
+    _, overrides = pipeline.stage_settings("dpo", recipe, beta=2.0, lora_r=4, seed=None,
+                                           learning_rate=recipe.dpo.learning_rate)
+    assert overrides == {"beta": 2.0, "lora": dataclasses.replace(recipe.dpo.lora, r=4)}
+    with pytest.raises(TypeError, match=r"DPOConfig has no field\(s\) \['betta'\]"):
+        pipeline.stage_settings("dpo", recipe, betta=1.0)
+    quantised, _ = pipeline.stage_settings("sft", recipe, model="some/hub-id", quant="nf4")
+    assert quantised.model == "some/hub-id" and quantised.quant == "nf4"
+    plan = pipeline._plan("sft", quantised)
+    assert plan.cfg.lora.quantize_4bit and "quant=nf4" in plan.start  # QLoRA: a run of its own
+    with pytest.raises(ValueError, match="quant must be one of"):
+        recipe.replace(quant="nf3")
+
+    # the baseline's folder as parent is the baseline's run; another run's folder starts a run of its own
+    sft = pipeline.run_sft(recipe).parent
+    other_sft = pipeline.run_sft(recipe, learning_rate=2 * recipe.sft.learning_rate).parent
+    assert other_sft != sft
+    assert pipeline._plan("dpo", recipe, start=sft).folder == pipeline.stage_dir("dpo", recipe)
+    assert pipeline._plan("dpo", recipe, start=str(sft / "final")).folder == pipeline.stage_dir("dpo", recipe)
+    dpo = pipeline.run_dpo(recipe, parent=other_sft)
+    assert dpo.parent != pipeline.stage_dir("dpo", recipe)
+    assert read_run(dpo.parent)["identity"]["start"].startswith(f"run:{read_run(other_sft)['fingerprint']}|")
+    assert not pipeline.stage_dir("dpo", recipe).exists()  # the baseline DPO was not trained for it
+    with pytest.raises(ValueError, match="is a dpo run; a dpo run starts from a sft run"):
+        pipeline.run_dpo(recipe, parent=dpo)
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        pipeline.run_dpo(recipe, parent=sft.parent)
+    assert pipeline.rlvr_config(recipe, parent=dpo).output_dir != pipeline.rlvr_config(recipe).output_dir

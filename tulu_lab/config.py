@@ -230,6 +230,7 @@ class _TrainConfig(_ConfigBase):
     lora: LoraSettings | None = None  # None = train all weights, as the paper did
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = only at the end
     log_path: str = ""  # JSONL metrics file; "" = <output_dir>/metrics.jsonl
+    report_to: str = "none"  # trackers fed from the metrics, as transformers': "tensorboard", "trackio", "wandb" (comma-separated) or "none"
 
     def _validate_common(self) -> None:
         self._check_types()
@@ -237,6 +238,11 @@ class _TrainConfig(_ConfigBase):
         self._non_negative("weight_decay", "checkpoint_every")
         self._one_of("lr_schedule", LR_SCHEDULES)
         self._one_of("precision", PRECISIONS)
+        from tulu_lab.tracking import parse_report_to
+        try:
+            parse_report_to(self.report_to)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}.{err}") from None
         if not 0 <= self.warmup_ratio < 1:
             self._fail("warmup_ratio", "in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:

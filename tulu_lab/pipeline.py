@@ -23,6 +23,7 @@ into training problems and held-out test problems that no stage ever trains on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -85,10 +86,23 @@ class StagePlan:
 
         self.recipe, self.stage = recipe, stage
         self.cfg = recipe.with_stage(stage, **overrides).stage(stage) if overrides else recipe.stage(stage)
+        if recipe.quant == "nf4":  # QLoRA: the config records it (lora.quantize_4bit), so it is part of the run
+            if self.cfg.lora is None:
+                raise ValueError(f"recipe quant='nf4' trains LoRA adapters on 4-bit weights, but the {stage} "
+                                 f"config has lora=None (full fine-tuning); set lora or drop quant")
+            if not self.cfg.lora.quantize_4bit:
+                self.cfg = dataclasses.replace(self.cfg, lora=dataclasses.replace(self.cfg.lora, quantize_4bit=True))
         self.parent = start
         # the starting weights: the parent run's fingerprint (or the base model's name), loaded in the recipe's dtype
-        start_id = f"run:{start.fingerprint}" if isinstance(start, StagePlan) else f"model:{start}"
+        if isinstance(start, StagePlan):
+            start_id = f"run:{start.fingerprint}"
+        elif isinstance(start, Path):
+            start_id = f"run:{_parent_record(start, stage)['fingerprint']}"
+        else:
+            start_id = f"model:{start}"
         settings = {"dtype": recipe.dtype}
+        if recipe.quant:
+            settings["quant"] = recipe.quant
         if stage == "rlvr":
             settings["minutes"] = recipe.rlvr_minutes
         if repeat:
@@ -110,19 +124,47 @@ class StagePlan:
                 and record.get("status") in done and (self.folder / "final" / "config.json").is_file())
 
 
-def _plan(stage: str, recipe: Recipe, *, start: str | None = None, repeat: int = 0, data=None,
+# the stages a run of each stage may start from
+PARENT_STAGES = {"sft": ("instruct",), "dpo": ("sft",), "rlvr": ("dpo", "sft")}
+
+
+def _parent_record(folder: Path, stage: str) -> dict[str, Any]:
+    """The record of a run folder given as the parent of a ``stage`` run: it must have finished (RLVR:
+    or stopped at its wall-time cap) with a ``final`` model, and be of a stage ``stage`` starts from."""
+    from tulu_lab.training import read_run
+
+    record = read_run(folder)
+    if record is None:
+        raise FileNotFoundError(f"parent {str(folder)!r} is not a run folder (no run.json); give a stage name "
+                                f"({' or '.join(PARENT_STAGES[stage])}) or a run folder of one")
+    parent_stage = (record.get("identity") or {}).get("stage")
+    if parent_stage not in PARENT_STAGES[stage]:
+        raise ValueError(f"parent {folder} is a {parent_stage} run; a {stage} run starts from a "
+                         f"{' or '.join(PARENT_STAGES[stage])} run")
+    if record.get("status") not in ("finished", "stopped") or not (folder / "final" / "config.json").is_file():
+        raise FileNotFoundError(f"parent {folder} has no final model (status {record.get('status')!r})")
+    return record
+
+
+def _plan(stage: str, recipe: Recipe, *, start: str | Path | None = None, repeat: int = 0, data=None,
           **overrides: Any) -> StagePlan:
-    """The run a stage function would train (or return): its parent is the baseline of the stage before."""
+    """The run a stage function would train (or return). Its parent (``start``) is the recipe's
+    baseline run of a stage (a name: "sft", "dpo") or any run folder; by default the baseline of the
+    stage before (RLVR: DPO)."""
     data = data or embedded_data(recipe)
-    if stage == "rlvr":
-        parent_stage = start or "dpo"
-        if parent_stage not in ("sft", "dpo"):
-            raise ValueError(f"start must be 'sft' or 'dpo', got {start!r}")
+    if start is None:
+        start = PARENT_STAGES[stage][0]
+    if isinstance(start, str) and start in STAGES:
+        if start not in PARENT_STAGES[stage]:
+            raise ValueError(f"a {stage} run starts from {' or '.join(PARENT_STAGES[stage])} "
+                             f"(or a run folder of it), got {start!r}")
+        parent: Any = recipe.model if start == "instruct" else _plan(start, recipe, data=data)
     else:
-        if start is not None:
-            raise ValueError(f"start= applies to RLVR only; {stage} starts from {UPSTREAM[stage]}")
-        parent_stage = UPSTREAM[stage]
-    parent: Any = recipe.model if parent_stage == "instruct" else _plan(parent_stage, recipe, data=data)
+        if stage == "sft":
+            raise ValueError(f"SFT starts from the recipe's model ({recipe.model!r}); to start from other "
+                             f"weights change the model (recipe.replace(model=...)), not the parent")
+        parent = _run_folder(start, recipe)
+        _parent_record(parent, stage)
     return StagePlan(recipe, stage, overrides, parent, repeat, data)
 
 
@@ -132,10 +174,15 @@ def stage_dir(stage: str, recipe: Recipe | None = None) -> Path:
     recipe = _recipe(recipe)
     if stage == "instruct":
         from tulu_lab.training import fingerprint
-        return recipe_runs_dir(recipe) / f"instruct-{fingerprint([recipe.model, recipe.dtype])[:12]}"
+        return recipe_runs_dir(recipe) / f"instruct-{fingerprint(_base_model_key(recipe))[:12]}"
     if stage == "sweep":
         return _sweep_dir(recipe)
     return _plan(stage, recipe).folder
+
+
+def _base_model_key(recipe: Recipe) -> list:
+    """What the untrained model's measurements depend on: the model, its dtype (and quantisation)."""
+    return [recipe.model, recipe.dtype] + ([recipe.quant] if recipe.quant else [])
 
 
 def _run_folder(stage_or_run: str | Path, recipe: Recipe) -> Path:
@@ -186,6 +233,8 @@ def load_stage(stage_or_run: str | Path, recipe: Recipe | None = None, **kwargs)
 
     recipe = _recipe(recipe)
     kwargs.setdefault("dtype", recipe.dtype)
+    if recipe.quant:
+        kwargs.setdefault("quant", recipe.quant)
     if stage_or_run == "instruct":
         model, tokenizer = load_model(recipe.model, **kwargs)
     else:
@@ -211,9 +260,8 @@ def _next_repeat(stage: str, recipe: Recipe, start: str | None, data, overrides:
     return repeat
 
 
-def _run_stage(stage: str, recipe: Recipe | None, force: bool, start: str | None, overrides: dict[str, Any]) -> Path:
-    import dataclasses
-
+def _run_stage(stage: str, recipe: Recipe | None, force: bool, start: str | Path | None,
+               overrides: dict[str, Any]) -> Path:
     recipe = _recipe(recipe)
     data = embedded_data(recipe)
     plan = _plan(stage, recipe, start=start, data=data, **overrides)
@@ -226,6 +274,8 @@ def _run_stage(stage: str, recipe: Recipe | None, force: bool, start: str | None
     if isinstance(parent, StagePlan):
         _run_stage(parent.stage, recipe, False, None, {})  # the parent baseline, trained if missing
         model, tokenizer = load_stage(parent.folder, recipe)
+    elif isinstance(parent, Path):
+        model, tokenizer = load_stage(parent, recipe)
     else:
         model, tokenizer = load_stage("instruct", recipe)
     cfg = dataclasses.replace(plan.cfg, output_dir=str(plan.folder), log_path="")
@@ -251,25 +301,66 @@ def run_sft(recipe: Recipe | None = None, *, force: bool = False, **overrides: A
     return _run_stage("sft", recipe, force, None, overrides)
 
 
-def run_dpo(recipe: Recipe | None = None, *, force: bool = False, **overrides: Any) -> Path:
-    """LoRA dpo_norm from the recipe's SFT run on synthetic preference pairs; returns ``final``."""
-    return _run_stage("dpo", recipe, force, None, overrides)
+def run_dpo(recipe: Recipe | None = None, *, force: bool = False, parent: str | Path | None = None,
+            **overrides: Any) -> Path:
+    """LoRA dpo_norm from the recipe's SFT run on synthetic preference pairs; returns ``final``.
+
+    ``parent``: another SFT run's folder to start from (default: the recipe's SFT baseline).
+    """
+    return _run_stage("dpo", recipe, force, parent, overrides)
 
 
-def run_rlvr(recipe: Recipe | None = None, *, force: bool = False, start: str = "dpo", **overrides: Any) -> Path:
+def run_rlvr(recipe: Recipe | None = None, *, force: bool = False, start: str = "dpo",
+             parent: str | Path | None = None, **overrides: Any) -> Path:
     """GRPO with verifiable rewards from the recipe's DPO run (``start="sft"``: from its SFT run).
 
+    ``parent`` (when given, instead of ``start``): "dpo", "sft" or any DPO or SFT run's folder.
     Training stops at the config's ``max_steps`` or after the recipe's ``rlvr_minutes`` of wall time,
     whichever comes first (the step reached is in ``run.json`` and ``final/summary.json``).
     """
-    return _run_stage("rlvr", recipe, force, start, overrides)
+    return _run_stage("rlvr", recipe, force, parent if parent is not None else start, overrides)
 
 
-def rlvr_config(recipe: Recipe | None = None, **overrides: Any):
+def recipe_with(recipe: Recipe | None = None, *, model: str | None = None, quant: str | None = None) -> Recipe:
+    """The recipe (default: ``load_recipe()``) with another starting ``model`` and/or ``quant``; None keeps its own."""
+    recipe = _recipe(recipe)
+    changes = {k: v for k, v in (("model", model), ("quant", quant)) if v is not None}
+    return recipe.replace(**changes) if changes else recipe
+
+
+def stage_settings(stage: str, recipe: Recipe | None = None, *, model: str | None = None, quant: str | None = None,
+                   lora_r: int | None = None, lora_alpha: int | None = None,
+                   **fields: Any) -> tuple[Recipe, dict[str, Any]]:
+    """A notebook's parameters -> (recipe, the stage's overrides); None means the recipe's value.
+
+    ``model`` (a name load_model knows, a folder or a hub id) and ``quant`` ("nf4": QLoRA) change the
+    recipe; ``lora_r`` / ``lora_alpha`` the stage's adapters; every other keyword is a field of the
+    stage's config (``learning_rate``, ``beta``, ``max_steps``, ``seed`` ...). A changed value makes a
+    run of its own (``run_<stage>(recipe, **overrides)``); with every value None the baseline is returned.
+    """
+    if stage not in TRAINED_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; allowed: {list(TRAINED_STAGES)}")
+    recipe = recipe_with(recipe, model=model, quant=quant)
+    cfg = recipe.stage(stage)
+    known = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"{type(cfg).__name__} has no field(s) {unknown}; a {stage} run's settings are "
+                        f"{sorted(known - {'output_dir', 'log_path'})}")
+    overrides = {k: v for k, v in fields.items() if v is not None and v != getattr(cfg, k)}
+    lora = {k: v for k, v in (("r", lora_r), ("alpha", lora_alpha)) if v is not None}
+    if lora:
+        if cfg.lora is None:
+            raise ValueError(f"lora_r/lora_alpha given but the recipe's {stage} config trains without LoRA")
+        changed = dataclasses.replace(cfg.lora, **lora)
+        if changed != cfg.lora:
+            overrides["lora"] = changed
+    return recipe, overrides
+
+
+def rlvr_config(recipe: Recipe | None = None, *, parent: str | Path | None = None, **overrides: Any):
     """The recipe's RLVR config with ``overrides``, output_dir set to the run's folder."""
-    import dataclasses
-
-    plan = _plan("rlvr", _recipe(recipe), **overrides)
+    plan = _plan("rlvr", _recipe(recipe), start=parent, **overrides)
     return dataclasses.replace(plan.cfg, output_dir=str(plan.folder))
 
 
@@ -299,7 +390,7 @@ def _weights_key(stage_or_run: str | Path, recipe: Recipe) -> str:
     from tulu_lab.training import fingerprint
 
     if stage_or_run == "instruct":
-        return "model:" + fingerprint([recipe.model, recipe.dtype])
+        return "model:" + fingerprint(_base_model_key(recipe))
     record = run_record(stage_or_run, recipe) or {}
     # the step too: a run stopped at its wall-time cap and continued later keeps its fingerprint
     return f"run:{record.get('fingerprint')}@{record.get('step')}"
@@ -348,7 +439,6 @@ def heldout_preference_accuracy(stage_or_run: str | Path = "dpo", recipe: Recipe
     """Held-out DPO preference accuracy of a DPO run (implicit reward margin > 0; the reference is the
     run it started from: its adapters disabled)."""
     from tulu_lab.dpo import preference_accuracy
-    from tulu_lab.models import load_model
     from tulu_lab.training import data_fingerprint, fingerprint
 
     recipe = _recipe(recipe)
@@ -363,13 +453,25 @@ def heldout_preference_accuracy(stage_or_run: str | Path = "dpo", recipe: Recipe
     cache = folder / "heldout_preference.json"
     if cached := _cached(cache, key):
         return cached["accuracy"]
-    # The start model with the DPO adapters on top: adapters disabled, it is exactly the DPO reference.
-    policy, tokenizer = load_model(_start_folder(record, recipe), dtype=recipe.dtype,
-                                   lora=str(folder / "final" / "adapter"), verbose=False)
+    policy, tokenizer = load_preference_policy(folder, recipe)
     accuracy = preference_accuracy(policy, tokenizer, pairs, beta=cfg.beta, loss_type=cfg.loss_type,
                                    max_seq_len=cfg.max_seq_len)
     cache.write_text(json.dumps({"run": folder.name, "key": key, "accuracy": accuracy}))
     return accuracy
+
+
+def load_preference_policy(stage_or_run: str | Path = "dpo", recipe: Recipe | None = None):
+    """(policy, tokenizer) of a DPO run as it trained: the model it started from with the run's LoRA
+    adapters on top, so that with the adapters disabled it is exactly the run's reference."""
+    from tulu_lab.models import load_model
+
+    recipe = _recipe(recipe)
+    folder = _run_folder(stage_or_run, recipe)
+    record = run_record(folder, recipe)
+    if record is None or record.get("status") != "finished" or record["identity"]["stage"] != "dpo":
+        raise FileNotFoundError(f"no finished DPO run at {folder}")
+    return load_model(_start_folder(record, recipe), dtype=recipe.dtype, quant=recipe.quant,
+                      lora=str(folder / "final" / "adapter"), verbose=False)
 
 
 def _start_folder(record: dict[str, Any], recipe: Recipe) -> Path:
@@ -421,8 +523,6 @@ def rlvr_gain(before: str | Path = "dpo", after: str | Path = "rlvr", recipe: Re
 # ----------------------------------------------------------------------------------------------
 
 def _ablation_base(recipe: Recipe, steps: int):
-    import dataclasses
-
     # eval_every = steps: held-out accuracy once, at the end of each cell
     return dataclasses.replace(recipe.rlvr, max_steps=steps, checkpoint_every=1, eval_every=steps,
                                prompts_per_step=2, per_device_batch=min(recipe.rlvr.per_device_batch, 8))

@@ -998,3 +998,71 @@ __all__ = [
     "plot_memory_plan", "plot_overoptimization", "plot_rlvr_curves", "plot_stage_progression",
     "MEMORY_COMPONENTS", "plotted_data", "save_fig", "style_context", "table4_long",
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs side by side (tulu_lab.ledger.compare)
+# ----------------------------------------------------------------------------------------------
+
+COMPARE_METRICS = {
+    "sft": ("loss", "learning_rate"),
+    "dpo": ("loss", "rewards/margins", "rewards/accuracies"),
+    "rlvr": ("reward", "kl", "completions/mean_length"),
+}
+
+
+def compare_curves(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of a ``ledger.compare(..., per="step")`` table a comparison figure draws.
+
+    ``metrics`` default: the stage's usual curves (COMPARE_METRICS) the runs logged, else every metric
+    they logged. Rows without a value are dropped; the order is run (as given), metric, step.
+    """
+    function = "compare_curves"
+    _require_columns(table, ["run", "stage", "step", "metric", "value"], function, "table")
+    if metrics is None:
+        stages = list(dict.fromkeys(table["stage"]))
+        usual = [m for s in stages for m in COMPARE_METRICS.get(s, ()) if m in set(table["metric"])]
+        metrics = list(dict.fromkeys(usual)) or list(dict.fromkeys(table["metric"]))
+    unknown = [m for m in metrics if m not in set(table["metric"])]
+    if unknown:
+        raise ValueError(f"{function}: metrics {unknown} are not in the table (it has "
+                         f"{sorted(set(table['metric']))})")
+    runs = list(dict.fromkeys(table["run"]))
+    part = table[table["metric"].isin(metrics)].dropna(subset=["value"]).copy()
+    part["run_order"] = part["run"].map({r: i for i, r in enumerate(runs)})
+    part["metric_order"] = part["metric"].map({m: i for i, m in enumerate(metrics)})
+    part = part.sort_values(["run_order", "metric_order", "step"], kind="stable")
+    return part.drop(columns=["run_order", "metric_order"]).reset_index(drop=True)
+
+
+@_styled
+def plot_compare(table: pd.DataFrame, metrics: Sequence[str] | None = None, *, title: str | None = None) -> Figure:
+    """Training curves of several runs side by side: one panel per metric, one line per run.
+
+    ``table``: ``ledger.compare(runs)`` (one row per run x step x metric); the runs are labelled by
+    the settings that set them apart (its ``run`` column). ``metrics``: see :func:`compare_curves`.
+    """
+    data = compare_curves(table, metrics)
+    metrics = list(dict.fromkeys(data["metric"]))
+    runs = list(dict.fromkeys(data["run"]))
+    palette = matplotlib.colormaps["tab10"]
+    fig = _new_figure(3.6 * len(metrics), 3.2)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    handles: dict[str, Line2D] = {}
+    for ax, metric in zip(axes, metrics):
+        for i, run in enumerate(runs):
+            part = data[(data["run"] == run) & (data["metric"] == metric)]
+            if part.empty:
+                continue
+            style = measured_line_style(mcolors.to_hex(palette(i % 10)))
+            if len(part) >= 12:
+                style["marker"] = None  # long curves read better without a marker per step
+            (artist,) = ax.plot(part["step"], part["value"], **style)
+            handles.setdefault(f"{MEASURED_PREFIX}{run}", artist)
+        ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(True, axis="both")
+    stages = ", ".join(str(s).upper() for s in dict.fromkeys(data["stage"]))
+    _figure_legend(fig, handles, title or f"{stages} runs side by side")
+    _attach_data(fig, data)
+    return fig

@@ -24,6 +24,7 @@ from tulu_lab.config import EMBEDDED, DPOConfig, RLVRConfig, SFTConfig, _read_ma
 STAGES = ("sft", "dpo", "rlvr")
 SMOKE_OVERLAY = "smoke.yaml"
 DTYPES = ("fp32", "bf16")
+QUANTS = (None, "nf4")  # the stages load their starting model so (nf4: QLoRA, lora.quantize_4bit)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Recipe:
     dpo: DPOConfig
     rlvr: RLVRConfig
     source: str = ""             # the folder it was read from
+    quant: str | None = None     # None, or "nf4": every stage loads its model in 4 bits and trains QLoRA
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -51,6 +53,8 @@ class Recipe:
         for name in ("n_train", "n_test", "n_test_instruct", "dpo_heldout_pairs", "heldout_max_new_tokens"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
                 raise ValueError(f"recipe {self.name!r}: {name} must be an int > 0, got {getattr(self, name)!r}")
+        if self.quant not in QUANTS:
+            raise ValueError(f"recipe {self.name!r}: quant must be one of {list(QUANTS)}, got {self.quant!r}")
         if not self.rlvr_minutes > 0:
             raise ValueError(f"recipe {self.name!r}: rlvr_minutes must be > 0, got {self.rlvr_minutes!r}")
 
@@ -111,11 +115,12 @@ def load_recipe(folder: str | Path | None = None, *, smoke: bool | None = None) 
                 raise ValueError(f"{overlay_path}: section {stage!r}: {err}") from None
         data.update(overlay)
     fields = {f.name for f in dataclasses.fields(Recipe)} - set(STAGES) - {"source"}
+    optional = {f.name for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING}
     unknown = sorted(set(data) - fields)
-    missing = sorted(fields - set(data))
+    missing = sorted(fields - optional - set(data))
     if unknown or missing:
         raise ValueError(f"{main}: unknown keys {unknown}, missing keys {missing}; a recipe has {sorted(fields)}")
     return Recipe(**data, **configs, source=str(folder))
 
 
-__all__ = ["Recipe", "STAGES", "load_recipe", "recipe_dir"]
+__all__ = ["QUANTS", "Recipe", "STAGES", "load_recipe", "recipe_dir"]

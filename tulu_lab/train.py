@@ -24,7 +24,7 @@ from tulu_lab.recipe import STAGES, Recipe, load_recipe
 
 _NOT_OPTIONS = ("output_dir", "log_path", "lora")
 _RECIPE_OPTIONS = ("model", "dtype", "seed", "n_train", "n_test", "n_test_instruct", "dpo_heldout_pairs",
-                   "heldout_max_new_tokens", "rlvr_minutes")
+                   "heldout_max_new_tokens", "rlvr_minutes", "quant")
 
 
 def build_parser(recipe: Recipe, stage: str):

@@ -322,13 +322,15 @@ class MetricsLog:
         if self.enabled and self.path.is_file():
             self.path.unlink()
 
-    def log(self, record: dict[str, Any]) -> None:
-        """Append ``record``; a non-finite number is written as null (JSON has no NaN or Infinity)."""
-        if not self.enabled:
-            return
+    def log(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append ``record``; a non-finite number is written as null (JSON has no NaN or Infinity).
+        Returns the record as written."""
         clean = {k: _json_number(v) for k, v in record.items()}
+        if not self.enabled:
+            return clean
         with self.path.open("a") as f:
             f.write(json.dumps(clean, allow_nan=False) + "\n")
+        return clean
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -402,7 +404,7 @@ class StepTimer:
 RUN_FILE = "run.json"
 RUN_STATUSES = ("running", "stopped", "finished", "failed")
 # config fields that say where and how often to write, not what is trained
-_NOT_IDENTITY = ("output_dir", "log_path", "checkpoint_every")
+_NOT_IDENTITY = ("output_dir", "log_path", "checkpoint_every", "report_to")
 
 
 class RunMismatchError(ValueError):
@@ -624,6 +626,7 @@ def _fail_run(output_dir, step: int, what: str, is_main: bool) -> None:
                f"(the run resumes from that checkpoint).")
     if is_main:
         update_run(output_dir, status="failed", error=message)
+        append_ledger(output_dir)
     raise NonFiniteError(message)
 
 
@@ -631,8 +634,25 @@ def finish_run(output_dir: str | os.PathLike, *, step: int, stopped_early: bool,
                final_metrics: dict[str, Any] | None) -> dict[str, Any]:
     """Mark the run finished (or "stopped" before its last step, to be continued)."""
     clean = {k: _json_number(v) for k, v in (final_metrics or {}).items()}
-    return update_run(output_dir, status="stopped" if stopped_early else "finished", step=step,
-                      wall_time_s=round(wall_time_s, 1), final_metrics=clean)
+    record = update_run(output_dir, status="stopped" if stopped_early else "finished", step=step,
+                        wall_time_s=round(wall_time_s, 1), final_metrics=clean)
+    append_ledger(output_dir)
+    return record
+
+
+def append_ledger(output_dir: str | os.PathLike) -> None:
+    """List the run's record (just written to its run.json) in the run ledger (:mod:`tulu_lab.ledger`).
+
+    The run's own folder is the source of truth: a ledger that cannot be written is reported, and
+    ``ledger.rebuild_ledger()`` restores it from the folders.
+    """
+    from tulu_lab.ledger import append_run
+
+    try:
+        append_run(output_dir)
+    except OSError as err:
+        print(f"[tulu_lab] the run ledger was not updated ({type(err).__name__}: {err}); "
+              f"tulu_lab.ledger.rebuild_ledger() rebuilds it from the run folders", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -724,10 +744,11 @@ def run_training(stage: Stage, model, tokenizer, *, identity: dict[str, Any], re
     is "stopped" and a later call continues it), and writes ``output_dir/final`` (``save_final``).
     Returns (summary, run).
     """
-    from tqdm.auto import tqdm
+    from tulu_lab.tracking import check_installed, open_trackers, parse_report_to
 
     cfg = stage.cfg
     started = time.perf_counter()
+    check_installed(parse_report_to(getattr(cfg, "report_to", "none")))  # before any work: a missing package
     accelerator = accelerator or make_accelerator(cfg)
     check_processes(cfg, accelerator)
     check_model_matches(cfg, model)
@@ -761,6 +782,24 @@ def run_training(stage: Stage, model, tokenizer, *, identity: dict[str, Any], re
     start_step, _ = resume_or_start(cfg.output_dir, run.unwrapped, optimizer, scheduler, run.log,
                                     extra_modules=run.extra_modules or None, resume=resumable)
 
+    # ---- trackers (report_to), fed from the records written to metrics.jsonl ----
+    trackers = open_trackers(getattr(cfg, "report_to", "none") if run.is_main else "none", cfg.output_dir,
+                             config=identity.get("config", {}), start_step=start_step, key=fingerprint(identity))
+    try:
+        summary = _train_steps(stage, run, tokenizer, start_step, trackers, time_limit_s, progress, started,
+                               save_merged)
+    finally:
+        trackers.close()
+    return summary, run
+
+
+def _train_steps(stage: Stage, run: TrainingRun, tokenizer, start_step: int, trackers, time_limit_s, progress: bool,
+                 started: float, save_merged: bool) -> dict[str, Any]:
+    """The steps of :func:`run_training` from ``start_step``, then the final save; returns the summary."""
+    from tqdm.auto import tqdm
+
+    cfg, accelerator = run.cfg, run.accelerator
+    optimizer, scheduler = run.optimizer, run.scheduler
     # ---- steps ----
     bar = tqdm(total=stage.total_steps, initial=start_step, desc=stage.name, unit="step",
                disable=not (progress and run.is_main))
@@ -777,7 +816,7 @@ def run_training(stage: Stage, model, tokenizer, *, identity: dict[str, Any], re
         out_of_time = time_limit_s is not None and bool(run.sum(torch.tensor(float(
             time.perf_counter() - loop_started + seconds > time_limit_s))) > 0)
         stage.after_step(run, step, record, step + 1 == stage.total_steps or out_of_time)
-        run.log.log(record)
+        trackers.log(run.log.log(record))
         check_finite(cfg.output_dir, step + 1, {"loss": record.get("loss")}, is_main=run.is_main)
         last_record, steps_done = record, step + 1
         bar.update(1)
@@ -811,7 +850,7 @@ def run_training(stage: Stage, model, tokenizer, *, identity: dict[str, Any], re
         finish_run(cfg.output_dir, step=steps_done, stopped_early=summary["stopped_early"],
                    wall_time_s=summary["wall_time_s"], final_metrics=last_record)
     accelerator.wait_for_everyone()
-    return summary, run
+    return summary
 
 
 class EpochStage(Stage):
