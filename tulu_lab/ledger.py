@@ -166,18 +166,11 @@ def _folder_of(run: Any) -> Path:
     return folder
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: value}
-
-
 def differing_settings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each record, the config fields (and start) whose value is not the same in every record."""
-    flat = [{**_flatten(r.get("config") or {}), "parent": r.get("parent")} for r in records]
+    from tulu_lab.training import flatten_config
+
+    flat = [{**flatten_config(r.get("config") or {}), "parent": r.get("parent")} for r in records]
     keys = sorted(set().union(*flat)) if flat else []
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
     return [{k: f.get(k) for k in varying} for f in flat]

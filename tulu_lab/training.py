@@ -519,18 +519,19 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as one level of dotted keys: {"lora": {"r": 16}} -> {"lora.r": 16}."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
+            out.update(flatten_config(item, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: value}
 
 
 def identity_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """``"config.learning_rate: 0.001 (recorded) != 0.002 (now)"`` for each value that differs."""
-    old, new = _flatten(recorded), _flatten(_json_safe(wanted))
+    old, new = flatten_config(recorded), flatten_config(_json_safe(wanted))
     return [f"{key}: {old.get(key, '<absent>')!r} (recorded) != {new.get(key, '<absent>')!r} (now)"
             for key in sorted(set(old) | set(new)) if old.get(key, "<absent>") != new.get(key, "<absent>")]
 
