@@ -78,7 +78,7 @@ PARAMETERS = {
     "02_sft": {"learning_rate", "max_steps", "epochs", "seed", "lora_r", "model", "quant"},
     "03_dpo": {"learning_rate", "beta", "max_steps", "epochs", "seed", "lora_r", "model", "quant", "parent"},
     "04_rlvr": {"learning_rate", "beta", "max_steps", "seed", "lora_r", "temperature", "model", "quant", "parent",
-                "variant_beta"},
+                "variant_beta", "variant_max_steps"},
     "06_evaluation": {"limit", "model", "quant"},
 }
 
@@ -97,7 +97,7 @@ def test_stage_notebooks_start_with_a_parameters_cell():
         body = "".join("".join(c["source"]) for c in cells[2:] if c["cell_type"] == "code")
         for name in names:  # every knob reaches the run
             assert f"{name}={name}" in body or f"parent={name}" in body or f'"beta": {name}' in body \
-                or f"{name} or" in body, (stem, name)
+                or f"{name} or" in body or f"min({name}, " in body, (stem, name)
         if stem in fields:  # config knobs are named as the config's fields
             known = {f for f in fields[stem].__dataclass_fields__}
             assert names - {"lora_r", "model", "quant", "parent", "variant_beta"} <= known, stem
