@@ -100,7 +100,7 @@ def test_stage_notebooks_start_with_a_parameters_cell():
                 or f"{name} or" in body or f"min({name}, " in body, (stem, name)
         if stem in fields:  # config knobs are named as the config's fields
             known = {f for f in fields[stem].__dataclass_fields__}
-            assert names - {"lora_r", "model", "quant", "parent", "variant_beta"} <= known, stem
+            assert names - {"lora_r", "model", "quant", "parent", "variant_beta", "variant_max_steps"} <= known, stem
 
 
 def test_reproduce_injects_parameters_the_papermill_way(tmp_path):
