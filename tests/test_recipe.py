@@ -39,3 +39,13 @@ def test_bad_files_are_named(tmp_path):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match="no recipe"):
         load_recipe(tmp_path)
+
+
+def test_the_recipe_is_found_from_outside_the_project(tmp_path, monkeypatch):
+    """A notebook copied elsewhere (JupyterLab serving a copy, papermill output folders) runs with another
+    working directory: the recipe comes from the checkout the package was imported from."""
+    from tulu_lab.recipe import load_recipe, recipe_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert recipe_dir() == Path(__file__).resolve().parents[1] / "recipes" / "embedded"
+    assert load_recipe().name == load_recipe(recipe_dir()).name

@@ -83,8 +83,12 @@ class Recipe:
 
 
 def recipe_dir(name: str = EMBEDDED) -> Path:
-    """``recipes/<name>`` of the project."""
-    return paths.project_root() / "recipes" / name
+    """``recipes/<name>`` of the project the working directory is in, else of the checkout this package
+    was imported from (a notebook copied or run elsewhere still finds the recipe)."""
+    here = paths.project_root() / "recipes" / name
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[1] / "recipes" / name
 
 
 def load_recipe(folder: str | Path | None = None, *, smoke: bool | None = None) -> Recipe:
